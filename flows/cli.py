@@ -1,0 +1,68 @@
+"""The `masters` command line: thin wrappers that build the config and start a flow.
+
+    masters run        [--config FILE] [--set a.b=c ...]   evaluate the configured models
+    masters bootstrap  [--only NAME ...]                   train the embedded models
+    masters config     [--config FILE] [--set ...]         print the resolved config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# Prefect's ephemeral API migrates its database on first use; the default 20 s timeout was
+# measured to be too short on 2-core machines (../shared/notes/environment.md).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="masters", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp):
+        sp.add_argument("--config", "-c", help="YAML config file (see configs/)")
+        sp.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override one setting, e.g. --set generation.max_new_tokens=4 (repeatable)",
+        )
+        return sp
+
+    with_config(sub.add_parser("run", help="run the main job on the configured models"))
+    b = with_config(sub.add_parser("bootstrap", help="train the embedded models from scratch"))
+    b.add_argument("--only", action="append", help="bootstrap only this model (repeatable)")
+    b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    with_config(sub.add_parser("config", help="print the resolved configuration (no secrets)"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from masters.config import ConfigError, load_config
+
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"masters: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(json.dumps(cfg.public_dict(), indent=2))
+        return 0
+    if args.command == "bootstrap":
+        from flows.bootstrap import bootstrap_flow
+
+        bootstrap_flow(cfg.public_dict(), args.only, not args.no_progress)
+        return 0
+    if args.command == "run":
+        from flows.evaluate import evaluate_flow
+
+        summary = evaluate_flow(cfg.public_dict())
+        print(summary["table"])
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

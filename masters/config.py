@@ -1,0 +1,346 @@
+"""Typed configuration: defaults < YAML file (--config) < env MASTERS_* (nested with __) < --set.
+
+Every check runs when the config is built, before any work starts, and a failure names the
+field and the value (`masters.config.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+RATIO_DECIMALS = 6  # ratios are compared after rounding: 0.15 / 0.05 is not an integer in floats
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message lists each bad field with its value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnMapping(Section):
+    image: str = "image"
+    question: str = "question"
+    answer: str = "answer"
+    id: str | None = "id"
+    choices: str | None = None
+    task_type: str | None = "task_type"
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "datasets"] = "synthetic"
+    path: str | None = Field(None, description="local parquet/json/imagefolder dir or hub id")
+    seed: int = 0
+    train_size: int = Field(2048, ge=1)
+    validation_size: int = Field(350, ge=1)
+    test_size: int = Field(700, ge=1)
+    columns: ColumnMapping = ColumnMapping()
+
+    @model_validator(mode="after")
+    def _path_for_datasets(self) -> DataConfig:
+        if self.source == "datasets" and not self.path:
+            raise ValueError("data.path is required when data.source is 'datasets'")
+        return self
+
+
+class ModelRef(Section):
+    path: str = Field(description="save_pretrained folder, hub id, or embedded:<name>")
+    trust_remote_code: bool = False
+
+
+class TeacherConfig(ModelRef):
+    name: str
+    r_max: float = Field(0.2, ge=0.0, lt=1.0)
+    step: float = Field(0.05, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _r_max_multiple_of_step(self) -> TeacherConfig:
+        k = round(self.r_max / self.step)
+        if abs(k * self.step - self.r_max) > 10 ** (-RATIO_DECIMALS):
+            raise ValueError(
+                f"r_max {self.r_max} of teacher {self.name!r} is not a multiple of step "
+                f"{self.step}"
+            )
+        return self
+
+    def ratios(self) -> list[float]:
+        """The staircase r_max, r_max - step, ..., 0."""
+        k = round(self.r_max / self.step)
+        return [round((k - i) * self.step, RATIO_DECIMALS) for i in range(k + 1)]
+
+
+def _default_teachers() -> list[TeacherConfig]:
+    return [
+        TeacherConfig(name="mid", path="embedded:mid", r_max=0.2),
+        TeacherConfig(name="large", path="embedded:large", r_max=0.2),
+    ]
+
+
+class GenerationConfig(Section):
+    teacher_answers: int = Field(4, ge=1)
+    student_answers: int = Field(4, ge=0)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0)
+    repetition_penalty: float = Field(1.05, gt=0.0)
+    max_new_tokens: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+
+
+SCORERS = ("exact_match", "numeric", "yes_no", "multiple_choice", "relaxed", "anls", "judge")
+
+
+class RewardsConfig(Section):
+    scorer: str = "exact_match"
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, v: str) -> str:
+        if v not in SCORERS:
+            raise ValueError(f"unknown scorer {v!r}; choose one of {', '.join(SCORERS)}")
+        return v
+
+
+class TrainingConfig(Section):
+    lr: float = Field(1e-6, gt=0.0)
+    kl_beta: float = Field(0.1, ge=0.0)
+    jsd_beta: float = Field(0.5, ge=0.0, le=1.0)
+    batch_groups: int = Field(4, ge=1)
+    seed: int = 0
+
+
+class EvaluationConfig(Section):
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(4, ge=1)
+
+
+class StorageConfig(Section):
+    cache_uri: str = ".masters/cache"
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+
+    @field_validator("cache_uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme == "s3":
+            if len(parsed.netloc) < 3:
+                raise ValueError(f"malformed S3 URI {v!r}: expected s3://<bucket>/<prefix>")
+        elif parsed.scheme not in ("", "file") and not (len(parsed.scheme) == 1 and os.name == "nt"):
+            raise ValueError(f"unsupported cache URI {v!r}: use a local path or s3://bucket/prefix")
+        return v
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and urlparse(v).scheme not in ("http", "https"):
+            raise ValueError(f"endpoint_url {v!r} must start with http:// or https://")
+        return v
+
+
+class TrackingConfig(Section):
+    tracking_uri: str = "sqlite:///.masters/mlflow.db"
+    artifact_location: str | None = ".masters/mlartifacts"
+    experiment: str = "masters"
+    registered_model: str = "masters-student"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking(cls, v: str) -> str:
+        scheme = urlparse(v).scheme
+        allowed = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks", "")
+        if scheme not in allowed:
+            raise ValueError(f"unsupported MLflow tracking URI {v!r}")
+        return v
+
+
+class BootstrapModel(Section):
+    shape: Literal["smoke", "student", "mid", "large"]
+    steps: int = Field(ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    warmup: int = Field(200, ge=0)
+    aux_fraction: float = Field(0.35, ge=0.0, lt=1.0)
+    eval_every: int = Field(500, ge=1)
+    seed: int = 0
+
+
+def _default_bootstrap() -> dict[str, BootstrapModel]:
+    return {
+        "student": BootstrapModel(shape="student", steps=1200),
+        "mid": BootstrapModel(shape="mid", steps=3000),
+        "large": BootstrapModel(shape="large", steps=12000),
+    }
+
+
+class BootstrapConfig(Section):
+    out_dir: str = ".masters/bootstrap"
+    models: dict[str, BootstrapModel] = Field(default_factory=_default_bootstrap)
+    eval_size: int = Field(350, ge=1)
+    test_size: int = Field(700, ge=1)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls, data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+class MastersConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MASTERS_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    run_name: str = "masters"
+    device: str = "auto"
+    data: DataConfig = DataConfig()
+    student: ModelRef = ModelRef(path="embedded:student")
+    teachers: list[TeacherConfig] = Field(default_factory=_default_teachers, min_length=1)
+    generation: GenerationConfig = GenerationConfig()
+    rewards: RewardsConfig = RewardsConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    storage: StorageConfig = StorageConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()
+
+    @model_validator(mode="after")
+    def _unique_teachers(self) -> MastersConfig:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        yaml_data = _YAML_DATA.get("data", {})
+        return (init_settings, env_settings, _YamlSource(settings_cls, yaml_data))
+
+    def public_dict(self) -> dict[str, Any]:
+        """Everything but secrets, JSON-ready: what may be logged or stored as params."""
+        return self.model_dump(mode="json", exclude={"storage": {"access_key_id",
+                                                                 "secret_access_key"}})
+
+
+_YAML_DATA: dict[str, dict[str, Any]] = {}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`a.b=c` strings to a nested dict; values are parsed as YAML scalars (1, true, [..])."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with an earlier --set of {part!r}")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+    return _listify(out)
+
+
+def _listify(node: Any) -> Any:
+    """{'0': {...}} from `teachers.0.r_max=...` becomes a list-index patch, applied later."""
+    if isinstance(node, dict):
+        return {k: _listify(v) for k, v in node.items()}
+    return node
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = _merge(base.get(k), v) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(patch, dict) and all(k.isdigit() for k in patch):
+        out = list(base)
+        for k, v in patch.items():
+            i = int(k)
+            if i >= len(out):
+                raise ConfigError(f"index {i} is out of range (list has {len(out)} items)")
+            out[i] = _merge(out[i], v)
+        return out
+    return patch
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {loc}: {err['msg']}{shown}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> MastersConfig:
+    """Build the config from all sources; raise ConfigError naming every bad field."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    patch = parse_overrides(overrides or [])
+    # List-index overrides (teachers.0.r_max) need the list they patch: resolve them against
+    # the YAML (or the defaults) before handing the result to pydantic-settings.
+    for key, value in patch.items():
+        if isinstance(value, dict) and all(k.isdigit() for k in value):
+            if key not in data:
+                defaults = MastersConfig.model_fields[key].get_default(call_default_factory=True)
+                data[key] = [d.model_dump() for d in defaults]
+            data[key] = _merge(data[key], value)
+    init = {k: v for k, v in patch.items() if not (
+        isinstance(v, dict) and v and all(k2.isdigit() for k2 in v))}
+    _YAML_DATA["data"] = data
+    try:
+        return MastersConfig(**init)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    finally:
+        _YAML_DATA.pop("data", None)
+
+
+def from_public(data: dict[str, Any] | None) -> MastersConfig:
+    """Rebuild a config passed between Prefect flows/tasks as `public_dict()`.
+
+    Secrets are never passed as parameters (Prefect stores those): they come back from the
+    environment here, because init values and env are both sources of MastersConfig.
+    """
+    try:
+        return MastersConfig(**(data or {}))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

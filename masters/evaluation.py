@@ -1,0 +1,79 @@
+"""Held-out accuracy of any image-text-to-text model, overall and per task type."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from masters import models
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    per_task: dict[str, float]
+    n: int
+    predictions: list[str] = field(default_factory=list, repr=False)
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        out = {f"{prefix}accuracy": self.accuracy}
+        out.update({f"{prefix}accuracy/{k}": v for k, v in sorted(self.per_task.items())})
+        return out
+
+
+def evaluate_arrays(
+    model,
+    processor,
+    images: Sequence[np.ndarray],
+    questions: Sequence[str],
+    answers: Sequence[str],
+    task_types: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int = 4,
+    progress: bool = False,
+) -> EvalResult:
+    """Greedy-decode every question and score it by normalised exact match."""
+    normalizer = models.PixelNormalizer.from_processor(processor)
+    preds: list[str] = []
+    was_training = model.training
+    model.eval()
+    steps = range(0, len(questions), batch_size)
+    for start in tqdm(steps, desc="evaluate", disable=not progress, leave=False):
+        sl = slice(start, start + batch_size)
+        pixels = normalizer(images[sl])
+        preds += models.greedy_answers(model, processor, questions[sl], pixels, max_new_tokens)
+    if was_training:
+        model.train()
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for p, a, t in zip(preds, answers, task_types, strict=True):
+        hits[t].append(normalize(p) == normalize(a))
+    total = [h for v in hits.values() for h in v]
+    return EvalResult(
+        accuracy=float(np.mean(total)) if total else 0.0,
+        per_task={k: float(np.mean(v)) for k, v in hits.items()},
+        n=len(total),
+        predictions=preds,
+    )
+
+
+def evaluate_dataset(model, processor, dataset, **kwargs) -> EvalResult:
+    """Evaluate on a `datasets.Dataset` with columns image, question, answer, task_type."""
+    images = [np.asarray(img.convert("RGB")) for img in dataset["image"]]
+    task_types = dataset["task_type"] if "task_type" in dataset.column_names else ["all"] * len(
+        dataset
+    )
+    with torch.inference_mode():
+        return evaluate_arrays(
+            model, processor, images, dataset["question"], dataset["answer"], task_types, **kwargs
+        )

@@ -1,0 +1,156 @@
+"""The one place the library talks to MLflow.
+
+Explicit run ids through `MlflowClient` rather than the fluent API's thread-local active run:
+Prefect may run tasks in worker threads, and a run must never be picked up by the wrong task.
+The default tracking URI is a project-local sqlite file, so `MLFLOW_TRACKING_URI` is never
+required and `mlflow ui --backend-store-uri sqlite:///.masters/mlflow.db` opens it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from masters.config import TrackingConfig
+
+MAX_PARAM_LEN = 6000
+
+
+def _prepare_local_store(cfg: TrackingConfig) -> tuple[str, str | None]:
+    uri = cfg.tracking_uri
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        db_path = Path(uri[len("sqlite:///") :])
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db_path.resolve()}"
+    artifacts = None
+    if cfg.artifact_location:
+        loc = cfg.artifact_location
+        if urlparse(loc).scheme in ("", "file"):
+            path = Path(loc.removeprefix("file://")).resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            loc = path.as_uri()
+        artifacts = loc
+    return uri, artifacts
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config to MLflow params: dotted keys, values as short strings."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            text = v if isinstance(v, str) else json.dumps(v, default=str)
+            out[key] = text[:MAX_PARAM_LEN]
+    return out
+
+
+class Tracker:
+    """Runs, params, metrics and artifacts for one experiment."""
+
+    def __init__(self, cfg: TrackingConfig):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.cfg = cfg
+        self.tracking_uri, artifact_location = _prepare_local_store(cfg)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        exp = self.client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(
+                cfg.experiment, artifact_location=artifact_location
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def start_run(
+        self, name: str, *, parent_run_id: str | None = None, tags: dict[str, str] | None = None
+    ) -> str:
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(_metric_key(k), float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        self.client.log_figure(run_id, figure, artifact_file)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+
+def _metric_key(key: str) -> str:
+    # MLflow keys allow / . - _ and spaces; anything else from a task type name becomes _.
+    return "".join(c if c.isalnum() or c in "/._- " else "_" for c in key)
+
+
+class BufferedMetrics:
+    """Per-step metrics flushed in batches: one sqlite write per step would dominate a tiny run."""
+
+    def __init__(self, tracker: Tracker, run_id: str, every: int = 25):
+        self.tracker, self.run_id, self.every = tracker, run_id, every
+        self._buffer: list[tuple[dict[str, float], int]] = []
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self._buffer.append((dict(metrics), step))
+        if len(self._buffer) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(_metric_key(k), float(v), now, step)
+            for metrics, step in self._buffer
+            for k, v in metrics.items()
+            if math.isfinite(float(v))
+        ]
+        for i in range(0, len(items), 900):
+            self.tracker.client.log_batch(self.run_id, metrics=items[i : i + 900])
+        self._buffer.clear()
+
+
+def temp_dir():
+    return tempfile.TemporaryDirectory(prefix="masters-")
