@@ -6,14 +6,20 @@ field and the value (`masters.config.ConfigError`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic import field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 RATIO_DECIMALS = 6  # ratios are compared after rounding: 0.15 / 0.05 is not an integer in floats
@@ -138,7 +144,7 @@ class StorageConfig(Section):
         if parsed.scheme == "s3":
             if len(parsed.netloc) < 3:
                 raise ValueError(f"malformed S3 URI {v!r}: expected s3://<bucket>/<prefix>")
-        elif parsed.scheme not in ("", "file") and not (len(parsed.scheme) == 1 and os.name == "nt"):
+        elif parsed.scheme not in ("", "file"):
             raise ValueError(f"unsupported cache URI {v!r}: use a local path or s3://bucket/prefix")
         return v
 

@@ -98,8 +98,12 @@ def build_processor():
 def build_model(shape: ModelShape | str, tokenizer, seed: int = 0):
     """A randomly initialised LlavaForConditionalGeneration of the given shape."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-    from transformers import LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     if isinstance(shape, str):
         shape = SHAPES[shape]

@@ -1,0 +1,41 @@
+# The README's first two commands: `make run` (main job on the embedded default) and
+# `make test`. Both create .venv and install everything on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Project-local state: Prefect's ephemeral API database, MLflow's sqlite store, the cache.
+export PREFECT_HOME ?= $(CURDIR)/.masters/prefect
+# The ephemeral Prefect API migrates its database on first use; 20 s is too short on 2 cores.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install run test lint bootstrap ui clean
+
+install: $(VENV)/.installed
+
+# torch first and pinned: a bare torch requirement can pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/masters run $(ARGS)
+
+test: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+bootstrap: install
+	$(BIN)/masters bootstrap $(ARGS)
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///.masters/mlflow.db --port 5000
+
+clean:
+	rm -rf .masters

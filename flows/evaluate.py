@@ -1,0 +1,64 @@
+"""# masters-evaluate: how good are the student and its teachers?
+
+Before distilling, know the gap. This flow evaluates the configured student and every
+teacher of the chain on the held-out split with greedy decoding and the exact-match scorer,
+per task type, and logs each to MLflow as a child run of one parent run. It is what
+`make run` shows on the embedded default.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from masters.config import from_public
+from masters.tracking import Tracker
+from tasks.common import flow_run_tags
+from tasks.evaluate import evaluate_model
+
+
+@flow(name="masters-evaluate", log_prints=True)
+def evaluate_flow(config: dict | None = None, split: str = "test") -> dict:
+    cfg = from_public(config)
+    tracker = Tracker(cfg.tracking)
+    parent = tracker.start_run(f"evaluate-{split}", tags=flow_run_tags())
+    tracker.log_params(parent, {"data": cfg.public_dict()["data"], "split": split})
+    status = "FAILED"
+    try:
+        targets = [("student", cfg.student.path, cfg.student.trust_remote_code)]
+        targets += [(f"teacher:{t.name}", t.path, t.trust_remote_code) for t in cfg.teachers]
+        public = cfg.public_dict()
+        results = [evaluate_model(public, label, path, trc, split, parent)
+                   for label, path, trc in targets]
+        table = format_table(results)
+        tracker.log_text(parent, table, "accuracy.md")
+        status = "FINISHED"
+    finally:
+        tracker.end_run(parent, status)
+    tasks_ = sorted({k for r in results for k in r["per_task"]})
+    create_table_artifact(
+        key="accuracy",
+        table=[{"model": r["label"], "params": r["params"], "accuracy": round(r["accuracy"], 4),
+                **{k: round(r["per_task"].get(k, float("nan")), 4) for k in tasks_}}
+               for r in results],
+        description=f"accuracy on the {split} split",
+    )
+    return {"results": results, "table": table, "mlflow_run_id": parent}
+
+
+def format_table(results: list[dict]) -> str:
+    """Markdown table: one row per model, one column per task type."""
+    task_types = sorted({k for r in results for k in r["per_task"]})
+    head = ["model", "params", "all", *task_types]
+    rows = [
+        [r["label"], f"{r['params']:,}", f"{r['accuracy']:.3f}",
+         *[f"{r['per_task'][k]:.3f}" if k in r["per_task"] else "-" for k in task_types]]
+        for r in results
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep, *[line(r) for r in rows]])

@@ -1,0 +1,48 @@
+"""The mask-progressive schedule (method.md section 1): which teacher, which ratio, which data.
+
+Each teacher of the chain runs its own staircase r_max, r_max - step, ..., 0 before the next
+(larger) teacher starts [P]. The training data is cut into consecutive near-equal slices, one per
+stage, in stage order [D]; when the items do not divide evenly the first slices take one extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from masters.config import TeacherConfig
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    teacher: str
+    teacher_path: str
+    ratio: float
+    start: int  # data slice [start, stop)
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def build_schedule(teachers: Sequence[TeacherConfig], n_items: int) -> list[Stage]:
+    if not teachers:
+        raise ValueError("the schedule needs at least one teacher")
+    names = [t.name for t in teachers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"teacher names must be unique, got {names}")
+    steps = [(t, r) for t in teachers for r in t.ratios()]
+    if n_items < len(steps):
+        raise ValueError(
+            f"{n_items} data items cannot fill {len(steps)} stages (teachers {names}); every "
+            "stage needs at least one item"
+        )
+    base, extra = divmod(n_items, len(steps))
+    stages, start = [], 0
+    for i, (teacher, ratio) in enumerate(steps):
+        stop = start + base + (1 if i < extra else 0)
+        stages.append(Stage(i, teacher.name, teacher.path, ratio, start, stop))
+        start = stop
+    return stages
