@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint bootstrap ui clean
+.PHONY: install run test lint bootstrap bench ui clean
 
 install: $(VENV)/.installed
 
@@ -39,3 +39,6 @@ ui: install
 
 clean:
 	rm -rf .masters
+
+bench: install
+	$(BIN)/python -m benchmarks.run

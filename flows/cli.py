@@ -2,6 +2,8 @@
 
     masters run        [--config FILE] [--set a.b=c ...]   evaluate the configured models
     masters bootstrap  [--only NAME ...]                   train the embedded models
+    masters prune      [--config FILE] [--set ...]         threshold tables of the teachers
+    masters mask-sweep [--teacher NAME]                    teacher accuracy vs mask ratio
     masters config     [--config FILE] [--set ...]         print the resolved config
 """
 
@@ -34,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     b = with_config(sub.add_parser("bootstrap", help="train the embedded models from scratch"))
     b.add_argument("--only", action="append", help="bootstrap only this model (repeatable)")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    with_config(sub.add_parser("prune", help="threshold tables of every teacher (no sweep)"))
+    s = with_config(sub.add_parser("mask-sweep", help="teacher accuracy at each mask ratio"))
+    s.add_argument("--teacher", action="append", help="teacher to sweep (default: the last)")
     with_config(sub.add_parser("config", help="print the resolved configuration (no secrets)"))
     return p
 
@@ -54,6 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         from flows.bootstrap import bootstrap_flow
 
         bootstrap_flow(cfg.public_dict(), args.only, not args.no_progress)
+        return 0
+    if args.command in ("prune", "mask-sweep"):
+        from flows.prune import prune_flow
+
+        sweep = None
+        if args.command == "mask-sweep":
+            sweep = args.teacher or [cfg.teachers[-1].name]
+        out = prune_flow(cfg.public_dict(), sweep)
+        for m in out["tables"]:
+            print(f"threshold table of {m['teacher']}: {m['table_uri']}")
+        for s in out["sweeps"]:
+            print(f"accuracy of teacher {s['teacher']} by mask ratio:\n{s['table']}")
         return 0
     if args.command == "run":
         from flows.evaluate import evaluate_flow

@@ -26,8 +26,9 @@ class BootstrapSpec:
     shape: str
     steps: int
     batch_size: int = 64
-    lr: float = 2e-3
-    warmup: int = 200
+    lr: float = 1e-3
+    warmup: int = 300
+    beta2: float = 0.98
     weight_decay: float = 0.01
     aux_fraction: float = 0.35
     eval_every: int = 500
@@ -79,6 +80,7 @@ def train(
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay}],
         lr=spec.lr,
+        betas=(0.9, spec.beta2),
     )
     curve: list[dict] = []
     step, elapsed = 0, 0.0

@@ -91,6 +91,24 @@ def _default_teachers() -> list[TeacherConfig]:
     ]
 
 
+class MaskingConfig(Section):
+    """Which tensors the teacher mask covers (method.md section 1 [D]) and the sanity sweep."""
+
+    include_embeddings: bool = False
+    include_lm_head: bool = False
+    sweep_ratios: list[float] = Field(
+        default_factory=lambda: [round(0.05 * i, 2) for i in range(11)], min_length=1
+    )
+
+    @field_validator("sweep_ratios")
+    @classmethod
+    def _ratios_in_range(cls, v: list[float]) -> list[float]:
+        bad = [r for r in v if not 0.0 <= r < 1.0]
+        if bad:
+            raise ValueError(f"mask ratios must lie in [0, 1), got {bad}")
+        return sorted(set(v))
+
+
 class GenerationConfig(Section):
     teacher_answers: int = Field(4, ge=1)
     student_answers: int = Field(4, ge=0)
@@ -176,8 +194,9 @@ class BootstrapModel(Section):
     shape: Literal["smoke", "student", "mid", "large"]
     steps: int = Field(ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-3, gt=0.0)
-    warmup: int = Field(200, ge=0)
+    # 2e-3 diverged at step ~700 for the large model (loss 0.6 -> 1.06, back to the prior).
+    lr: float = Field(1e-3, gt=0.0)
+    warmup: int = Field(300, ge=0)
     aux_fraction: float = Field(0.35, ge=0.0, lt=1.0)
     eval_every: int = Field(500, ge=1)
     seed: int = 0
@@ -220,6 +239,7 @@ class MastersConfig(BaseSettings):
     data: DataConfig = DataConfig()
     student: ModelRef = ModelRef(path="embedded:student")
     teachers: list[TeacherConfig] = Field(default_factory=_default_teachers, min_length=1)
+    masking: MaskingConfig = MaskingConfig()
     generation: GenerationConfig = GenerationConfig()
     rewards: RewardsConfig = RewardsConfig()
     training: TrainingConfig = TrainingConfig()

@@ -20,16 +20,17 @@ in-scope name.
 
 The table. `ThresholdTable` holds k and lambda_r for every tensor and ratio, plus the fingerprint
 of the checkpoint it was computed from: a small JSON file instead of one checkpoint copy per
-ratio (method.md [D]). It cannot hold the tie order, so applying it sorts each original tensor
-once more and zeroes the first k of that order: the same order, because the fingerprint check
-guarantees the same bytes.
+ratio (method.md [D]). Applying it needs no sort: the first k entries of the order are the
+entries below lambda_r plus the first ties at lambda_r in index order, an O(n) selection that
+gives the same set as the sort because the fingerprint check guarantees the same bytes.
 
 Restoring. `apply_mask` / `MaskedTeacher` zero weights in place and keep a `RestoreRecord`: for
-each tensor, the flat indices of the entries zeroed at the highest ratio reached so far (in mask
-order) and their original values. Lowering the ratio writes a suffix of them back, with no
-sort; raising it again up to that high-water mark re-zeroes them, with no sort; raising it
-beyond costs one sort per tensor (recorded entries forced first, so the order is still the
-original one). Ratio 0 is bit-identical to the original.
+each tensor, the flat indices (ascending) of the entries zeroed at the highest ratio reached so
+far and their original values. Any ratio up to that high-water mark is reached from the record
+alone, O(k): the threshold-and-ties rule applied to the recorded original values says which of
+them are zeroed, the rest are written back. Going beyond it writes the record back and selects
+afresh from the tensor, O(n). No sort is ever needed to apply a table. Ratio 0 is
+bit-identical to the original.
 
 Memory. The record costs round(r_hw * n) * (index bytes + value bytes) per tensor, r_hw the
 highest ratio reached; indices are int32 below 2**31 entries. At r = 0.2 with bf16 weights that
@@ -227,7 +228,7 @@ class RestoreRecord:
 
     fingerprint: str  # of the original, unmasked weights
     ratio: float = 0.0  # the ratio the model holds now
-    indices: dict[str, torch.Tensor] = field(default_factory=dict)  # mask order, high-water
+    indices: dict[str, torch.Tensor] = field(default_factory=dict)  # ascending, high-water
     values: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def nbytes(self) -> int:
@@ -265,19 +266,46 @@ def _flat_views(model, table: ThresholdTable) -> dict[str, torch.Tensor]:
     return views
 
 
-def _extend(flat: torch.Tensor, held: torch.Tensor | None, k: int, device) -> torch.Tensor:
-    """The first k of the original mask order, given the first `held.numel()` of it."""
-    key = flat.abs()
-    start = 0
-    if held is not None:
-        # Recorded entries sort first; the rest still hold original values, so their stable
-        # order is the original one.
-        key[held.to(flat.device, torch.long)] = -1
-        start = held.numel()
-    order = torch.sort(key, stable=True).indices[start:k]
-    index_dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
-    new = order.to(device, index_dtype)
-    return new if held is None else torch.cat([held, new])
+def _select(flat: torch.Tensor, entry: TensorMask, j: int) -> torch.Tensor:
+    """Flat indices (ascending) of the first k_j entries of the (|w|, index) order, in O(n).
+
+    They are exactly the entries below lambda_j plus the first ties at lambda_j in index
+    order: the same set a stable sort would give, without sorting.
+    """
+    lam = entry.thresholds[j]
+    if lam is None:  # k == n
+        return torch.arange(flat.numel(), device=flat.device)
+    mag = flat.abs()
+    lam_t = torch.tensor(lam, dtype=flat.dtype, device=flat.device)
+    below = mag < lam_t
+    need = entry.k[j] - int(below.sum())
+    if need < 0:
+        raise MaskError("weights do not match the threshold table (were they changed?)")
+    if need:
+        ties = (mag == lam_t).nonzero().squeeze(1)
+        if ties.numel() < need:
+            raise MaskError("weights do not match the threshold table (were they changed?)")
+        below[ties[:need]] = True
+    return below.nonzero().squeeze(1)
+
+
+def _zeroed_within(values: torch.Tensor, entry: TensorMask, j: int) -> torch.Tensor:
+    """Which recorded entries (ascending index order) are zeroed at table ratio j.
+
+    The record holds a superset of the mask at j with the original values, so the same
+    threshold-and-ties rule decides it without looking at the rest of the tensor.
+    """
+    lam = entry.thresholds[j]
+    if lam is None:
+        return torch.ones(values.numel(), dtype=torch.bool, device=values.device)
+    mag = values.abs()
+    lam_t = torch.tensor(lam, dtype=values.dtype, device=values.device)
+    keep_zero = mag < lam_t
+    need = entry.k[j] - int(keep_zero.sum())
+    if need > 0:
+        ties = mag == lam_t
+        keep_zero |= ties & (torch.cumsum(ties, 0) <= need)
+    return keep_zero
 
 
 def apply_mask(
@@ -298,30 +326,39 @@ def apply_mask(
     record = _new_record(model, table) if original_state is None else original_state
     _check_fingerprint(table, record.fingerprint)
     views = _flat_views(model, table)
+    cur = table.index(record.ratio)
     with torch.no_grad():
         # Check every tensor before writing any, so a refusal leaves the model untouched.
         for name, flat in views.items():
-            k_cur = table.k(name, record.ratio)
-            if k_cur and bool(flat[record.indices[name][:k_cur].to(flat.device, torch.long)].any()):
+            idx = record.indices.get(name)
+            if idx is None or not table.tensors[name].k[cur]:
+                continue
+            zeroed = _zeroed_within(record.values[name], table.tensors[name], cur)
+            if bool(flat[idx[zeroed.to(idx.device)].to(flat.device, torch.long)].any()):
                 raise MaskError(
                     f"tensor {name!r} does not hold the masked state its record describes "
                     "(were the weights reloaded?)"
                 )
         for name, flat in views.items():
-            k_cur, k_new = table.k(name, record.ratio), table.tensors[name].k[i]
-            idx = record.indices.get(name)
-            if k_new > (0 if idx is None else idx.numel()):
-                idx = _extend(flat, idx, k_new, record_device)
-                old = record.values.get(name)
-                start = 0 if old is None else old.numel()
-                new_values = flat[idx[start:].to(flat.device, torch.long)].to(record_device)
-                record.indices[name] = idx
-                record.values[name] = new_values if old is None else torch.cat([old, new_values])
-            if k_new < k_cur:
-                back = idx[k_new:k_cur].to(flat.device, torch.long)
-                flat[back] = record.values[name][k_new:k_cur].to(flat.device)
-            elif k_new > k_cur:
-                flat[idx[k_cur:k_new].to(flat.device, torch.long)] = 0
+            entry = table.tensors[name]
+            idx, vals = record.indices.get(name), record.values.get(name)
+            if entry.k[i] > (0 if idx is None else idx.numel()):
+                # Beyond the high-water mark: back to the original bits, select afresh.
+                if idx is not None:
+                    flat[idx.to(flat.device, torch.long)] = vals.to(flat.device)
+                sel = _select(flat, entry, i)
+                index_dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
+                idx, vals = sel.to(record_device, index_dtype), flat[sel].to(record_device)
+                record.indices[name], record.values[name] = idx, vals
+                flat[sel] = 0
+                continue
+            if idx is None:
+                continue
+            zeroed = _zeroed_within(vals, entry, i)
+            pos = idx.to(flat.device, torch.long)
+            z = zeroed.to(flat.device)
+            flat[pos[~z]] = vals.to(flat.device)[~z]
+            flat[pos[z]] = 0
     record.ratio = r
     return record
 

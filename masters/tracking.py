@@ -113,6 +113,11 @@ class Tracker:
     def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
         self.client.log_figure(run_id, figure, artifact_file)
 
+    def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
+        """Rows as an MLflow table artifact (shown in the UI's artifact and evaluation views)."""
+        columns = {k: [r.get(k) for r in rows] for k in (rows[0] if rows else {})}
+        self.client.log_table(run_id, data=columns, artifact_file=artifact_file)
+
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 

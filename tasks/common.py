@@ -29,3 +29,19 @@ def git_sha() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+# Retries are for transient storage/network failures only: a deterministic error (bad config,
+# bad data, a bug) or an out-of-memory fails the same way every time.
+TRANSIENT_RETRIES = 3
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect retry_condition_fn: retry only when the failure looks transient."""
+    from masters.cache import is_transient
+
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - classifying, not handling
+        return is_transient(exc)
+    return False

@@ -1,0 +1,43 @@
+"""Accuracy of a masked teacher at each ratio: the teacher-alone version of Table 5(a).
+
+A sanity check before distilling: the staircase only makes sense for ratios at which the
+teacher is simpler but still competent (the paper: r_max >= 0.3 hurt most teachers badly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from masters import evaluation
+from masters.masking import MaskedTeacher, ThresholdTable
+
+
+def accuracy_vs_ratio(
+    model, processor, table: ThresholdTable, ratios: Sequence[float], eval_data, **eval_kwargs
+) -> list[dict]:
+    """Evaluate `model` at every ratio (ascending, in place) and restore it afterwards.
+
+    `eval_data` is (images, questions, answers, task_types) as for `evaluate_arrays`.
+    """
+    teacher = MaskedTeacher(model, table)
+    rows = []
+    try:
+        for ratio in sorted(ratios):
+            teacher.set_ratio(ratio)
+            res = evaluation.evaluate_arrays(model, processor, *eval_data, **eval_kwargs)
+            rows.append({"ratio": ratio, "accuracy": res.accuracy, "per_task": res.per_task})
+    finally:
+        teacher.restore()
+    return rows
+
+
+def format_rows(rows: Sequence[dict]) -> str:
+    tasks = sorted({t for r in rows for t in r["per_task"]})
+    head = "| ratio | all | " + " | ".join(tasks) + " |"
+    sep = "|" + "---|" * (len(tasks) + 2)
+    body = [
+        f"| {r['ratio']:.2f} | {r['accuracy']:.3f} | "
+        + " | ".join(f"{r['per_task'].get(t, float('nan')):.3f}" for t in tasks) + " |"
+        for r in rows
+    ]
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,55 @@
+"""Figures for MLflow: people would rather look at a curve than read a table of numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: workers and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def accuracy_vs_ratio(rows: Sequence[dict], title: str):
+    """Overall and per-task accuracy of a masked teacher against the mask ratio."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ratios = [r["ratio"] for r in rows]
+    for task in sorted({t for r in rows for t in r["per_task"]}):
+        ax.plot(ratios, [r["per_task"].get(task, float("nan")) for r in rows], lw=1, alpha=0.6,
+                marker=".", label=task)
+    ax.plot(ratios, [r["accuracy"] for r in rows], lw=2.5, color="black", marker="o",
+            label="all")
+    ax.set(xlabel="mask ratio r (fraction of each weight tensor zeroed)", ylabel="accuracy",
+           title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def thresholds_by_tensor(table, title: str):
+    """Per-tensor magnitude threshold lambda_r for each ratio: why the threshold is per layer."""
+    names = list(table.tensors)
+    fig, ax = plt.subplots(figsize=(max(7, len(names) * 0.12), 4.5))
+    for i, ratio in enumerate(table.ratios):
+        if ratio == 0:
+            continue
+        ys = [table.tensors[n].thresholds[i] or 0.0 for n in names]
+        ax.plot(range(len(names)), ys, marker=".", lw=1, label=f"r={ratio:g}")
+    ax.set_yscale("log")
+    ax.set(xlabel="weight tensor (model order)", ylabel="|w| threshold", title=title)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([_short(n) for n in names], rotation=90, fontsize=5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _short(name: str) -> str:
+    return (name.replace("model.", "").replace("language_model.", "lm.")
+            .replace("vision_tower.", "vt.").replace(".weight", ""))
+
+
+def close(fig) -> None:
+    plt.close(fig)
