@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     b = with_config(sub.add_parser("bootstrap", help="train the embedded models from scratch"))
     b.add_argument("--only", action="append", help="bootstrap only this model (repeatable)")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    b.add_argument("--ship", action="store_true",
+                   help="copy the results into masters/checkpoints (the shipped models)")
     with_config(sub.add_parser("prune", help="threshold tables of every teacher (no sweep)"))
     s = with_config(sub.add_parser("mask-sweep", help="teacher accuracy at each mask ratio"))
     s.add_argument("--teacher", action="append", help="teacher to sweep (default: the last)")
@@ -58,7 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bootstrap":
         from flows.bootstrap import bootstrap_flow
 
-        bootstrap_flow(cfg.public_dict(), args.only, not args.no_progress)
+        manifests = bootstrap_flow(cfg.public_dict(), args.only, not args.no_progress)
+        for m in manifests:
+            print(f"{m['name']}: {m['params']:,} params, test accuracy "
+                  f"{m['test_accuracy']:.3f} -> {m['path']}")
+        if args.ship:
+            from masters import bootstrap, models
+
+            command = "masters " + " ".join(argv if argv is not None else sys.argv[1:])
+            for m in manifests:
+                bootstrap.ship(m["path"], models.CHECKPOINTS / m["name"], command)
+                print(f"shipped {m['name']} -> {models.CHECKPOINTS / m['name']}")
         return 0
     if args.command in ("prune", "mask-sweep"):
         from flows.prune import prune_flow

@@ -160,6 +160,41 @@ def train(
     }
 
 
+def environment() -> dict:
+    """Versions that decide whether a recorded accuracy reproduces bit for bit."""
+    import platform
+
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def ship(src: str | Path, dst: str | Path, command: str) -> dict:
+    """Copy a finished bootstrap checkpoint into the shipped set (masters/checkpoints/<name>).
+
+    The record gains the command that made it and the library versions, and its recorded
+    test accuracy is re-measured from the copy, so what ships is what was measured.
+    """
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    record = json.loads((src / "bootstrap_record.json").read_text())
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    model, processor = models.load(dst)
+    spec = record["spec"]
+    res = evaluation.evaluate_arrays(
+        model, processor, *eval_arrays(spec["data_seed"], "test", record["test_size"])
+    )
+    if res.accuracy != record["test_accuracy"]:
+        raise RuntimeError(f"{dst}: accuracy {res.accuracy} != recorded {record['test_accuracy']}")
+    record.update(command=command, environment=environment())
+    (dst / "bootstrap_record.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
 def finalize(result: dict, spec: BootstrapSpec, ckpt_dir: str | Path, test_size: int) -> dict:
     """Ship as fp16 safetensors, reload through the Auto classes, record test accuracy."""
     ckpt_dir = Path(ckpt_dir)
@@ -173,6 +208,7 @@ def finalize(result: dict, spec: BootstrapSpec, ckpt_dir: str | Path, test_size:
         "params": result["params"],
         "wall_seconds": result["wall_seconds"],
         "test_size": test_size,
+        "environment": environment(),
         "test_accuracy": res.accuracy,
         "test_accuracy_per_task": res.per_task,
         "curve": result["curve"],

@@ -1,0 +1,223 @@
+"""Rewards (method.md section 3): accuracy scorers, the judge, the distillation reward, advantages.
+
+Scorers follow TRL's reward-function shape: `scorer(answers, references, **kwargs)` returns
+`list[float | None]`, None meaning "cannot decide" (an abstention, never a guess).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Callable, Sequence
+
+import torch
+
+from masters.losses import generalized_jsd, masked_mean
+
+Score = float | None
+Scorer = Callable[..., list[Score]]
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+NUMBER_WORDS = {
+    w: i for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+        "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split())
+}
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (the VQA normalisation)."""
+    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
+    return " ".join(text.split())
+
+
+def exact_match(answers: Sequence[str], references: Sequence[str], **_) -> list[Score]:
+    out: list[Score] = []
+    for a, r in zip(answers, references, strict=True):
+        ref = normalize_text(r)
+        out.append(None if not ref else float(normalize_text(a) == ref))
+    return out
+
+
+_NUM = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?%?|[-+]?\.\d+%?")
+
+
+def parse_number(text: str, words: bool = True) -> float | None:
+    """The single number in `text` ("5", "5.0", "1,200", "12%", "five"); None if 0 or 2+."""
+    found = [m.group() for m in _NUM.finditer(text)]
+    if words:
+        found += [str(NUMBER_WORDS[w]) for w in normalize_text(text).split() if w in NUMBER_WORDS]
+    values = {float(f.rstrip("%").replace(",", "")) for f in found}
+    return values.pop() if len(values) == 1 else None
+
+
+def numeric_match(
+    answers: Sequence[str], references: Sequence[str], *, tolerance: float = 0.0,
+    words: bool = True, **_,
+) -> list[Score]:
+    """1 when the answer's number is within `tolerance` (relative) of the reference's."""
+    out: list[Score] = []
+    for a, r in zip(answers, references, strict=True):
+        ref = parse_number(r, words)
+        if ref is None:
+            out.append(None)
+            continue
+        got = parse_number(a, words)
+        if got is None:
+            out.append(0.0)
+            continue
+        out.append(float(abs(got - ref) <= tolerance * abs(ref) if ref else got == 0))
+    return out
+
+
+def relaxed_accuracy(answers, references, **kw) -> list[Score]:
+    """ChartQA's relaxed accuracy: numbers within 5%, other answers by exact match."""
+    out: list[Score] = []
+    for a, r, num in zip(answers, references, numeric_match(answers, references,
+                                                            tolerance=0.05, words=False),
+                         strict=True):
+        out.append(num if num is not None else exact_match([a], [r])[0])
+    return out
+
+
+_YES = {"yes", "true", "y", "correct"}
+_NO = {"no", "false", "n", "incorrect"}
+
+
+def _yes_no(text: str) -> str | None:
+    words = normalize_text(text).split()
+    hits = {("yes" if w in _YES else "no") for w in words if w in _YES | _NO}
+    return hits.pop() if len(hits) == 1 else None
+
+
+def yes_no(answers: Sequence[str], references: Sequence[str], **_) -> list[Score]:
+    out: list[Score] = []
+    for a, r in zip(answers, references, strict=True):
+        ref = _yes_no(r)
+        if ref is None:
+            out.append(None)
+            continue
+        got = _yes_no(a)
+        out.append(0.0 if got is None else float(got == ref))
+    return out
+
+
+_LETTER = re.compile(r"(?:^|[\s(\[])([A-Za-z])(?:[).:\]]|\s|$)")
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*\(?([A-Za-z])\b", re.IGNORECASE)
+
+
+def _choice_letter(text: str, choices: Sequence[str] | None) -> str | None:
+    text = text.strip()
+    m = _ANSWER_IS.search(text)
+    if m:
+        return m.group(1).upper()
+    letters = {c.upper() for c in _LETTER.findall(text)
+               if choices is None or ord(c.upper()) - 65 < len(choices)}
+    if len(letters) == 1:
+        return letters.pop()
+    if choices:
+        norm = normalize_text(text)
+        hits = [chr(65 + i) for i, c in enumerate(choices) if normalize_text(c) == norm]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def multiple_choice(
+    answers: Sequence[str], references: Sequence[str], *,
+    choices: Sequence[Sequence[str]] | None = None, **_,
+) -> list[Score]:
+    """Option letter ("B", "(B)", "The answer is B.") or the option's text; ties abstain."""
+    out: list[Score] = []
+    for i, (a, r) in enumerate(zip(answers, references, strict=True)):
+        opts = choices[i] if choices is not None else None
+        ref = _choice_letter(r, opts)
+        if ref is None:
+            out.append(None)
+            continue
+        got = _choice_letter(a, opts)
+        out.append(0.0 if got is None else float(got == ref))
+    return out
+
+
+def _levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def anls(answers: Sequence[str], references: Sequence[str], *, threshold: float = 0.5,
+         **_) -> list[Score]:
+    """DocVQA's ANLS per answer: 1 - normalised edit distance, 0 below the threshold."""
+    out: list[Score] = []
+    for a, r in zip(answers, references, strict=True):
+        ref = " ".join(r.lower().split())
+        if not ref:
+            out.append(None)
+            continue
+        got = " ".join(a.lower().split())
+        nl = _levenshtein(got, ref) / max(len(got), len(ref))
+        out.append(1 - nl if nl < threshold else 0.0)
+    return out
+
+
+SCORERS: dict[str, Scorer] = {
+    "exact_match": exact_match,
+    "numeric": numeric_match,
+    "yes_no": yes_no,
+    "multiple_choice": multiple_choice,
+    "relaxed": relaxed_accuracy,
+    "anls": anls,
+}
+
+
+def get_scorer(name: str) -> Scorer:
+    if name not in SCORERS:
+        raise ValueError(f"unknown scorer {name!r}; rule-based scorers: {sorted(SCORERS)}")
+    return SCORERS[name]
+
+
+# ---- distillation reward and advantages --------------------------------------------------
+
+
+def distillation_divergence(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, answer_mask: torch.Tensor,
+    beta: float = 0.5, temperature: float = 1.0,
+) -> torch.Tensor:
+    """D per answer: mean over its answer tokens of JSD(teacher || student), shape (batch,)."""
+    jsd = generalized_jsd(teacher_logits, student_logits, beta, temperature)
+    return masked_mean(jsd, answer_mask)
+
+
+def reverse_min_max(values: Sequence[float]) -> list[float]:
+    """Within one group: (max - v) / (max - min); the easiest answer to transfer gets 1.
+
+    A group whose values are all equal carries no preference: every answer gets 0.
+    """
+    hi, lo = max(values), min(values)
+    if hi == lo:
+        return [0.0] * len(values)
+    return [(hi - v) / (hi - lo) for v in values]
+
+
+def total_reward(accuracy: Sequence[Score], distill: Sequence[float]) -> list[float]:
+    """R = R_acc + R_distill (unweighted, as in the paper); an abstention counts as 0."""
+    return [(a or 0.0) + d for a, d in zip(accuracy, distill, strict=True)]
+
+
+def group_advantages(rewards: Sequence[float], eps: float = 1e-4) -> list[float]:
+    """GRPO advantage within one question's group: (R - mean) / (std + eps).
+
+    std is the sample standard deviation (n - 1), as TRL's GRPO computes it; a group of one
+    answer has std 0.
+    """
+    n = len(rewards)
+    mean = sum(rewards) / n
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1)) if n > 1 else 0.0
+    return [(r - mean) / (std + eps) for r in rewards]
