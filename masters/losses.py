@@ -43,3 +43,71 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over masked positions per row, shape (batch,); 0 for a row with no position."""
     mask = mask.to(values.dtype)
     return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log pi(target_t | prefix) per position, shape (batch, length).
+
+    `logits[:, t]` must already be the distribution over `targets[:, t]` (callers shift once:
+    logits[:, :-1] against input_ids[:, 1:]). Padding targets (< 0) get 0.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets >= 0)
+
+
+def grpo_loss(
+    logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """GRPO with ratio pi / stopgrad(pi) == 1 (one update per batch, so clipping never acts).
+
+    Per answer: mean over its tokens of -ratio * A; then the mean over answers. The value is
+    -mean(A) but the gradient is that of the advantage-weighted log-likelihood.
+    """
+    ratio = torch.exp(logprobs - logprobs.detach())
+    per_answer = masked_mean(-ratio * advantages.unsqueeze(-1), mask)
+    return per_answer.mean()
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(student || reference) per answer with the k3 estimator (Schulman), shape (batch,).
+
+    k3 = exp(r) - r - 1 with r = log ref - log pi: unbiased and never negative.
+    """
+    r = ref_logprobs - logprobs
+    return masked_mean(torch.exp(r) - r - 1, mask)
+
+
+def masters_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    ref_logits: torch.Tensor | None,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    kl_beta: float = 0.1,
+    jsd_weight: float = 1.0,
+    jsd_beta: float = 0.5,
+    temperature: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """loss = L_GRPO + kl_beta * KL(student || reference) + jsd_weight * JSD(teacher || student).
+
+    All logits are aligned with `targets` (already shifted). A term whose weight is 0 or whose
+    logits are None is skipped (baselines switch terms off). Returns every term; `loss` is the
+    one to back-propagate.
+    """
+    logp = token_logprobs(student_logits, targets)
+    terms = {"grpo": grpo_loss(logp, advantages, mask)}
+    zero = terms["grpo"].new_zeros(())
+    if kl_beta and ref_logits is not None:
+        ref_logp = token_logprobs(ref_logits, targets).detach()
+        terms["kl"] = k3_kl(logp, ref_logp, mask).mean()
+    else:
+        terms["kl"] = zero
+    if jsd_weight and teacher_logits is not None:
+        jsd = generalized_jsd(teacher_logits.detach(), student_logits, jsd_beta, temperature)
+        terms["jsd"] = masked_mean(jsd, mask).mean()
+    else:
+        terms["jsd"] = zero
+    terms["loss"] = terms["grpo"] + kl_beta * terms["kl"] + jsd_weight * terms["jsd"]
+    return terms
