@@ -118,6 +118,7 @@ class GenerationConfig(Section):
     repetition_penalty: float = Field(1.05, gt=0.0)
     max_new_tokens: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
+    shard_size: int = Field(64, ge=1)  # questions per cached shard: the unit of resuming
     seed: int = 0
 
 
@@ -136,10 +137,16 @@ class RewardsConfig(Section):
 
 
 class TrainingConfig(Section):
-    lr: float = Field(1e-6, gt=0.0)
-    kl_beta: float = Field(0.1, ge=0.0)
-    jsd_beta: float = Field(0.5, ge=0.0, le=1.0)
-    batch_groups: int = Field(4, ge=1)
+    lr: float = Field(1e-6, gt=0.0, description="constant, as in the paper (2B-8B students)")
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping")
+    kl_beta: float = Field(0.1, ge=0.0, description="weight of KL(student || reference)")
+    jsd_weight: float = Field(1.0, ge=0.0, description="weight of the JSD distillation loss")
+    jsd_beta: float = Field(0.5, ge=0.0, le=1.0, description="0.5 = symmetric JSD")
+    batch_groups: int = Field(4, ge=1, description="questions (groups of G answers) per step")
+    accuracy_reward: bool = True
+    distill_reward: bool = True
+    distill_minmax: bool = Field(True, description="reverse min-max within the group")
     seed: int = 0
 
 

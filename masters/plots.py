@@ -53,3 +53,23 @@ def _short(name: str) -> str:
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+def bootstrap_curves(records: dict[str, dict], title: str = "bootstrap: validation accuracy"):
+    """Validation accuracy against steps and wall time for each bootstrapped model."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rec in records.items():
+        steps = [p["step"] for p in rec["curve"]]
+        secs = [p["seconds"] / 60 for p in rec["curve"]]
+        acc = [p["val/accuracy"] for p in rec["curve"]]
+        label = f"{name} ({rec['params'] / 1e6:.2f}M)"
+        axes[0].plot(steps, acc, marker=".", label=label)
+        axes[1].plot(secs, acc, marker=".", label=label)
+    axes[0].set(xlabel="optimizer steps", ylabel="validation accuracy", ylim=(0, 1))
+    axes[1].set(xlabel="wall time (minutes, 2 CPU cores)", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,266 @@
+"""Masters training: mask-progressive offline RL + JSD distillation (method.md section 4).
+
+    for stage in schedule:                       # teacher chain x staircase r_max -> 0
+        teacher = masked teacher at stage.ratio  # materialised in place by the caller
+        for batch of question groups in stage's slice (answers pre-generated, R_acc scored):
+            teacher forward (no grad)  -> JSD loss and distillation reward from one pass
+            student forward            -> log-probs, JSD
+            reference forward (no grad)-> k3 KL
+            R = R_acc + reverse-min-max(D);  A = (R - mean_G) / (std_G + eps)
+            loss = GRPO(ratio 1, A) + beta KL + JSD;  one AdamW step
+        checkpoint (student, optimizer, stage index, RNG)
+
+Shaped like a torchtune recipe: `setup`, `loss_step`, `train`. Models never leave this file
+through Prefect: the task layer hands in providers for stage data and for the teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from masters import models, rewards
+from masters.config import TrainingConfig
+from masters.losses import masters_loss
+from masters.schedule import Stage
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, incompatible models); the message says why."""
+
+
+@dataclass
+class Group:
+    """One question and its G pre-generated answers (token ids) with accuracy rewards."""
+
+    question_id: str
+    image: np.ndarray
+    question: str
+    answers: list[list[int]]
+    accuracy: list[float | None]
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Encoded:
+    """A batch encoded for one model, with answer positions located in its own sequence."""
+
+    inputs: dict[str, torch.Tensor]
+    starts: torch.Tensor  # index of the first answer token in each row
+    targets: torch.Tensor  # (B, A) answer token ids, -100 past each answer's end
+
+
+def encode_answers(processor, groups: Sequence[Group], device) -> Encoded:
+    """Prompt (image + question) followed by each answer, right-padded, one row per answer."""
+    tok = processor.tokenizer
+    normalizer = models.PixelNormalizer.from_processor(processor)
+    prompts, answers, images = [], [], []
+    for g in groups:
+        text = models._expand_image_tokens(processor, models.prompt_text(processor, g.question))
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for a in g.answers:
+            prompts.append(ids)
+            answers.append(list(a))
+            images.append(g.image)
+    lengths = [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)]
+    width, a_width = max(lengths), max(1, max(len(a) for a in answers))
+    input_ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    targets = torch.full((len(prompts), a_width), -100, dtype=torch.long)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        input_ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+        attention[i, : len(p) + len(a)] = 1
+        targets[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+    pixels = normalizer(images)
+    starts = torch.tensor([len(p) for p in prompts])
+    inputs = {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixels}
+    return Encoded({k: v.to(device) for k, v in inputs.items()}, starts.to(device),
+                   targets.to(device))
+
+
+def answer_logits(model, enc: Encoded, vocab: int) -> torch.Tensor:
+    """Logits predicting each answer token, (B, A, vocab): position start - 1 + j -> token j."""
+    dtype = next(model.parameters()).dtype
+    inputs = dict(enc.inputs, pixel_values=enc.inputs["pixel_values"].to(dtype))
+    logits = model(**inputs).logits
+    span = torch.arange(enc.targets.shape[1], device=logits.device)
+    pos = (enc.starts.unsqueeze(1) - 1 + span).clamp(max=logits.shape[1] - 1)
+    picked = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    return picked[..., :vocab].float()
+
+
+def shared_vocab(student_processor, teacher_processor) -> int:
+    """Size of the vocabulary both tokenizers agree on; padded rows beyond it are dropped."""
+    s, t = student_processor.tokenizer.get_vocab(), teacher_processor.tokenizer.get_vocab()
+    if s != t:
+        diff = sorted(set(s.items()) ^ set(t.items()))[:5]
+        raise TrainingError(
+            "teacher and student tokenizers differ (Masters distils token distributions, so "
+            f"they must share one vocabulary); first differences: {diff}"
+        )
+    return len(s)
+
+
+@dataclass
+class StepResult:
+    terms: dict[str, float]
+    rewards: dict[str, float]
+
+
+class MastersTrainer:
+    """One student, trained stage by stage against the (masked) teacher of each stage."""
+
+    def __init__(self, student, processor, cfg: TrainingConfig, *,
+                 log_metrics: Callable[[dict, int], None] | None = None):
+        self.student, self.processor, self.cfg = student, processor, cfg
+        self.log_metrics = log_metrics
+        self.device = next(student.parameters()).device
+        self.vocab = len(processor.tokenizer.get_vocab())
+        self.step = 0
+
+    def setup(self) -> None:
+        torch.manual_seed(self.cfg.seed)
+        # Reference = frozen initial student [D]; only needed when the KL term is on.
+        self.ref = None
+        if self.cfg.kl_beta:
+            self.ref = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr,
+                                     weight_decay=self.cfg.weight_decay)
+        self.student.train()
+
+    def loss_step(self, groups: Sequence[Group], teacher, stage: Stage) -> StepResult:
+        enc = encode_answers(self.processor, groups, self.device)
+        mask = enc.targets >= 0
+        with torch.no_grad():
+            t_logits = answer_logits(teacher, enc, self.vocab) if teacher is not None else None
+            r_logits = answer_logits(self.ref, enc, self.vocab) if self.ref is not None else None
+        s_logits = answer_logits(self.student, enc, self.vocab)
+        adv, stats = self._advantages(groups, t_logits, s_logits.detach(), mask)
+        terms = masters_loss(
+            s_logits, t_logits, r_logits, enc.targets, mask, adv.to(self.device),
+            kl_beta=self.cfg.kl_beta, jsd_weight=self.cfg.jsd_weight, jsd_beta=self.cfg.jsd_beta,
+        )
+        if not torch.isfinite(terms["loss"]):
+            raise TrainingError(
+                f"non-finite loss {terms['loss'].item()} at step {self.step} (stage "
+                f"{stage.index}, teacher {stage.teacher}, ratio {stage.ratio}); the last "
+                "finished stage's checkpoint is intact"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if self.cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
+        self.opt.step()
+        self.step += 1
+        return StepResult({k: v.item() for k, v in terms.items()}, stats)
+
+    def _advantages(self, groups, t_logits, s_logits, mask):
+        cfg = self.cfg
+        flat_acc, flat_dist, advantages = [], [], []
+        divergence = (rewards.distillation_divergence(t_logits, s_logits, mask, cfg.jsd_beta)
+                      if t_logits is not None else None)
+        i = 0
+        for g in groups:
+            n = len(g.answers)
+            acc = g.accuracy if cfg.accuracy_reward else [0.0] * n
+            if divergence is not None and cfg.distill_reward:
+                d = divergence[i : i + n].tolist()
+                dist = rewards.reverse_min_max(d) if cfg.distill_minmax else [-x for x in d]
+            else:
+                dist = [0.0] * n
+            advantages += rewards.group_advantages(rewards.total_reward(acc, dist))
+            flat_acc += [a for a in acc if a is not None]
+            flat_dist += dist
+            i += n
+        stats = {"reward/accuracy": float(np.mean(flat_acc)) if flat_acc else 0.0,
+                 "reward/distill": float(np.mean(flat_dist))}
+        if divergence is not None:
+            stats["reward/divergence"] = float(divergence.mean())
+        return torch.tensor(advantages), stats
+
+    def train_stage(self, stage: Stage, groups: Sequence[Group], teacher) -> list[StepResult]:
+        """Every group of the stage once, in a seeded order, `batch_groups` per step."""
+        order = np.random.default_rng([self.cfg.seed, stage.index]).permutation(len(groups))
+        results = []
+        b = self.cfg.batch_groups
+        for start in range(0, len(order), b):
+            batch = [groups[j] for j in order[start : start + b]]
+            res = self.loss_step(batch, teacher, stage)
+            results.append(res)
+            if self.log_metrics:
+                self.log_metrics({**{f"loss/{k}": v for k, v in res.terms.items()},
+                                  **res.rewards, "mask_ratio": stage.ratio,
+                                  "stage": stage.index, "lr": self.opt.param_groups[0]["lr"]},
+                                 self.step)
+        return results
+
+    # ---- checkpoints: the student, the optimizer, the stage index, the RNG ----------------
+
+    def save_checkpoint(self, directory: str | Path, stage: Stage) -> Path:
+        final = Path(directory) / f"stage-{stage.index:03d}"
+        tmp = final.with_name(final.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.student.save_pretrained(tmp, safe_serialization=True)
+        self.processor.save_pretrained(tmp)
+        torch.save({"optimizer": self.opt.state_dict(), "rng": torch.get_rng_state()},
+                   tmp / "trainer_state.pt")
+        (tmp / "progress.json").write_text(json.dumps({"stage": stage.index,
+                                                       "step": self.step}))
+        if final.exists():
+            import shutil
+
+            shutil.rmtree(final)
+        tmp.rename(final)  # a crash mid-save leaves only a .tmp folder, never a torn stage
+        return final
+
+    def load_checkpoint(self, path: str | Path) -> int:
+        path = Path(path)
+        # Through from_pretrained: save_pretrained may rename keys on disk (transformers 5
+        # writes LLaVA in its legacy layout), so the raw file does not match state_dict().
+        saved = type(self.student).from_pretrained(path, dtype=next(
+            self.student.parameters()).dtype, use_safetensors=True)
+        self.student.load_state_dict(saved.state_dict(), strict=True)
+        extra = torch.load(path / "trainer_state.pt", map_location=self.device,
+                           weights_only=True)
+        self.opt.load_state_dict(extra["optimizer"])
+        torch.set_rng_state(extra["rng"].cpu())
+        progress = json.loads((path / "progress.json").read_text())
+        self.step = progress["step"]
+        return progress["stage"]
+
+
+def last_checkpoint(directory: str | Path) -> Path | None:
+    found = sorted(p for p in Path(directory).glob("stage-[0-9][0-9][0-9]") if p.is_dir())
+    return found[-1] if found else None
+
+
+def train(
+    trainer: MastersTrainer,
+    stages: Sequence[Stage],
+    stage_groups: Callable[[Stage], Sequence[Group]],
+    stage_teacher: Callable[[Stage], object],
+    checkpoint_dir: str | Path,
+) -> dict:
+    """Run every stage in order, resuming after the last finished stage's checkpoint."""
+    trainer.setup()
+    done = -1
+    ckpt = last_checkpoint(checkpoint_dir)
+    if ckpt is not None:
+        done = trainer.load_checkpoint(ckpt)
+    history = []
+    for stage in stages:
+        if stage.index <= done:
+            continue
+        teacher = stage_teacher(stage)
+        results = trainer.train_stage(stage, stage_groups(stage), teacher)
+        trainer.save_checkpoint(checkpoint_dir, stage)
+        history.append({"stage": stage.index, "teacher": stage.teacher, "ratio": stage.ratio,
+                        "steps": len(results),
+                        "loss": float(np.mean([r.terms["loss"] for r in results]))})
+    return {"resumed_after": done, "stages": history, "steps": trainer.step}
