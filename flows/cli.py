@@ -4,6 +4,7 @@
     masters bootstrap  [--only NAME ...]                   train the embedded models
     masters prune      [--config FILE] [--set ...]         threshold tables of the teachers
     masters mask-sweep [--teacher NAME]                    teacher accuracy vs mask ratio
+    masters generate   [--config FILE] [--set ...]         sample and cache every stage's answers
     masters config     [--config FILE] [--set ...]         print the resolved config
 """
 
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("prune", help="threshold tables of every teacher (no sweep)"))
     s = with_config(sub.add_parser("mask-sweep", help="teacher accuracy at each mask ratio"))
     s.add_argument("--teacher", action="append", help="teacher to sweep (default: the last)")
+    g = with_config(sub.add_parser("generate", help="sample and cache every stage's answers"))
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     with_config(sub.add_parser("config", help="print the resolved configuration (no secrets)"))
     return p
 
@@ -83,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"threshold table of {m['teacher']}: {m['table_uri']}")
         for s in out["sweeps"]:
             print(f"accuracy of teacher {s['teacher']} by mask ratio:\n{s['table']}")
+        return 0
+    if args.command == "generate":
+        from flows.generate import generate_flow
+
+        for m in generate_flow(cfg.public_dict(), progress=not args.no_progress):
+            print(f"stage {m['stage']}: teacher {m['teacher']} ratio {m['ratio']}: "
+                  f"{len(m['shards'])} shards ({m['cached']} cached, {m['new']} new), "
+                  f"{m['answers']} answers -> {m['manifest_uri']}")
         return 0
     if args.command == "run":
         from flows.evaluate import evaluate_flow

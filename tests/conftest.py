@@ -29,3 +29,24 @@ def smoke_overrides(tmp_path):
         f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
         f"storage.cache_uri={tmp_path / 'cache'}",
     ]
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's S3 server over HTTP on 127.0.0.1 (real boto3 calls): (endpoint URL, bucket).
+
+    Credentials are fake and unchecked; give each test its own prefix in the bucket.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                     aws_access_key_id="AKIAFAKEFAKEFAKE0002",
+                     aws_secret_access_key="fake-secret").create_bucket(Bucket="masters-gen")
+        yield endpoint, "masters-gen"
+        server.stop()

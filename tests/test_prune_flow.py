@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -106,7 +108,7 @@ def test_unknown_sweep_teacher_fails_before_work(prefect_api, tmp_path, teachers
     assert not (tmp_path / "cache" / "tables").exists()
 
 
-def test_cli_mask_sweep_defaults_to_last_teacher(prefect_api, tmp_path, teachers, capsys):
+def test_cli_mask_sweep_defaults_to_last_teacher(prefect_api, tmp_path, teachers):
     args = ["mask-sweep", "--config", str(ROOT / "configs" / "smoke.yaml")]
     for o in [
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -115,6 +117,9 @@ def test_cli_mask_sweep_defaults_to_last_teacher(prefect_api, tmp_path, teachers
         "masking.sweep_ratios=[0, 0.1]",
     ]:
         args += ["--set", o]
-    assert cli.main(args) == 0
-    out = capsys.readouterr().out
+    # Not capsys: Prefect's console handler would keep capsys's closed stream afterwards.
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli.main(args) == 0
+    out = buf.getvalue()
     assert "accuracy of teacher only by mask ratio" in out and "| 0.10 |" in out

@@ -1,0 +1,121 @@
+"""# masters-generate: sample the answers the student will learn from, once
+
+Masters trains on answers generated offline (method.md section 2). For every stage of the
+schedule (a teacher at a mask ratio, with its own consecutive slice of the training
+questions) the masked teacher samples 4 answers per question and the initial student 4:
+the group of 8 that GRPO compares. Nothing here trains; it only fills the cache, so training
+and any later run read answers instead of sampling them again.
+
+The flow reads top to bottom like the pipeline:
+
+1. Mask the teachers: the prune tasks give each teacher's threshold table (a cache key) and
+   weight fingerprint. A parent flow that already pruned passes them in (`tables`).
+2. Fingerprint the student: the hash of its weights goes into every shard key.
+3. Cut the training split into stages (`masters.schedule`) and each stage into shards.
+4. Plan: compute every shard's content key and check the cache with a checksummed read. This
+   loads no model, so a fully cached run costs only the reads.
+5. Generate the missing shards, stage by stage: one task per shard, submitted together, so a
+   process-based task runner (Dask, Ray) can spread them over workers. Models stay loaded
+   between the shards of a worker, and stages go in order so each teacher is loaded once.
+6. Write one manifest per stage (its shards' keys and URIs, content-addressed): what
+   training reads. Counts go to MLflow.
+
+Killing the flow loses at most the shards in flight: a re-run plans again and generates only
+what is missing or was found corrupt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+
+from masters.config import from_public
+from masters.schedule import build_schedule
+from masters.tracking import Tracker
+from tasks.common import flow_run_tags
+from tasks.generate import (
+    RESIDENT,
+    ShardProgress,
+    fingerprint_model,
+    generate_shard,
+    plan_stage,
+    train_question_ids,
+    write_stage_manifest,
+)
+from tasks.prune import prune_teacher
+
+
+@flow(name="masters-generate", log_prints=True)
+def generate_flow(
+    config: dict | None = None,
+    tables: list[dict] | None = None,
+    student_fingerprint: str | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Every stage's answers in the cache; returns the stage manifests in stage order."""
+    cfg = from_public(config)
+    public = cfg.public_dict()
+    logger = get_run_logger()
+    tracker = Tracker(cfg.tracking)
+    parent = tracker.start_run("generate", tags=flow_run_tags())
+    status = "FAILED"
+    try:
+        tracker.log_params(parent, {"generation": public["generation"],
+                                    "teachers": public["teachers"], "student": public["student"]})
+
+        # 1-2. Masked teachers and the student, as cache keys and fingerprints only.
+        if tables is None:
+            tables = [prune_teacher(public, t.name, parent) for t in cfg.teachers]
+        by_teacher = {m["teacher"]: m for m in tables}
+        lacking = [t.name for t in cfg.teachers if t.name not in by_teacher]
+        if lacking:
+            raise ValueError(f"tables lack teacher(s) {lacking}; given: {sorted(by_teacher)}")
+        student_fp = student_fingerprint or fingerprint_model(
+            cfg.student.path, cfg.student.trust_remote_code)
+
+        # 3-4. Stages, shards, and what the cache already holds.
+        ids = train_question_ids(public)
+        stages = build_schedule(cfg.teachers, len(ids))
+        plans = [plan_stage(public, asdict(s), by_teacher[s.teacher]["fingerprint"], student_fp)
+                 for s in stages]
+        total = sum(len(p["shards"]) for p in plans)
+        cached = sum(s["cached"] for p in plans for s in p["shards"])
+        logger.info("%d stages, %d shards: %d cached, %d to generate", len(stages), total,
+                    cached, total - cached)
+
+        # 5. The missing shards, one stage at a time (one teacher resident at a time).
+        bar = ShardProgress(total, cached, progress)
+        try:
+            for plan in plans:
+                table = by_teacher[plan["stage"]["teacher"]]
+                futures = [generate_shard.submit(public, plan["stage"], shard, table["key"],
+                                                 table["fingerprint"], student_fp)
+                           for shard in plan["shards"] if not shard["cached"]]
+                failures = []
+                for future in as_completed(futures):
+                    try:
+                        future.result()
+                    except Exception as exc:  # noqa: BLE001 - let the other shards finish
+                        failures.append(exc)
+                    else:
+                        bar.advance()
+                if failures:  # the finished shards are stored: a re-run resumes after them
+                    raise failures[0]
+        finally:
+            bar.close()
+
+        # 6. Manifests, and the counts of this run.
+        manifests = [write_stage_manifest(public, plan) for plan in plans]
+        for m in manifests:
+            tracker.log_metrics(parent, {"shards": len(m["shards"]), "shards_cached": m["cached"],
+                                         "shards_new": m["new"], "answers": m["answers"]},
+                                step=m["stage"])
+        tracker.log_dict(parent, [{k: v for k, v in m.items() if k != "shards"}
+                                  for m in manifests], "stages.json")
+        status = "FINISHED"
+    finally:
+        RESIDENT.clear()
+        tracker.end_run(parent, status)
+    return manifests

@@ -1,0 +1,198 @@
+"""Prefect tasks: plan a stage's shards, generate one shard, write a stage's manifest.
+
+Tasks pass cache keys, fingerprints and small dicts, never models. The models a shard needs
+stay resident in the worker process between shard tasks (`RESIDENT`): loading a checkpoint
+per shard would cost more than generating it. Nothing is loaded before a shard is missing.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from tqdm.auto import tqdm
+
+from masters import cache, data, generation, models
+from masters.config import DataConfig, MastersConfig, from_public
+from masters.generation import LoadedModel, Shard
+from masters.masking import MaskedTeacher, ThresholdTable
+from masters.schedule import Stage
+from tasks.common import TRANSIENT_RETRIES, retry_transient
+
+
+class Resident:
+    """The train split, the current stage's masked teacher and the student of one process.
+
+    One teacher at a time: the flow runs stages in order, so it is swapped once per teacher
+    and moved along its staircase in place (`MaskedTeacher.set_ratio`). `lock` serialises the
+    shard tasks of a process, which share these models (a teacher holds one ratio at a
+    time); process-based task runners (Dask, Ray) give each worker its own copy.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.clear()
+
+    def clear(self) -> None:
+        with self.lock:
+            self._split: tuple[str, Any] | None = None
+            self._teacher: tuple[tuple, MaskedTeacher, Any] | None = None
+            self._student: tuple[tuple, LoadedModel] | None = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def split(self, cfg: DataConfig):
+        ident = cfg.model_dump_json()
+        with self.lock:
+            if self._split is None or self._split[0] != ident:
+                self._split = (ident, data.load_split(cfg, "train"))
+            return self._split[1]
+
+    def ids(self, cfg: DataConfig) -> list[str]:
+        return [str(i) for i in self.split(cfg)["id"]]
+
+    def rows(self, cfg: DataConfig, shard: Shard) -> list[dict[str, Any]]:
+        part = self.split(cfg)[shard.start : shard.stop]
+        return [{"id": i, "question": q, "image": np.asarray(im.convert("RGB"))}
+                for i, q, im in zip(part["id"], part["question"], part["image"], strict=True)]
+
+    def teacher(self, cfg: MastersConfig, stage: Stage, table_key: str,
+                fingerprint: str) -> LoadedModel:
+        (t,) = [t for t in cfg.teachers if t.name == stage.teacher]
+        device = models.pick_device(cfg.device)
+        ident = (t.path, t.trust_remote_code, str(device), table_key)
+        with self.lock:
+            if self._teacher is None or self._teacher[0] != ident:
+                self._teacher = None  # free the previous teacher before loading the next
+                gc.collect()
+                table = ThresholdTable.from_dict(
+                    cache.get_json(cache.open_store(cfg.storage), table_key))
+                if table.fingerprint != fingerprint:
+                    raise ValueError(f"threshold table {table_key} is for weights "
+                                     f"{table.fingerprint}, the shard keys for {fingerprint}")
+                model, processor = models.load(t.path, trust_remote_code=t.trust_remote_code,
+                                               device=device)
+                # Checks the weights against the table's fingerprint, so against the keys too.
+                self._teacher = (ident, MaskedTeacher(model, table), processor)
+            _, masked, processor = self._teacher
+            masked.set_ratio(stage.ratio)
+            return LoadedModel(masked.model, processor)
+
+    def student(self, cfg: MastersConfig, fingerprint: str) -> LoadedModel:
+        device = models.pick_device(cfg.device)
+        ident = (cfg.student.path, cfg.student.trust_remote_code, str(device), fingerprint)
+        with self.lock:
+            if self._student is None or self._student[0] != ident:
+                self._student = None
+                model, processor = models.load(cfg.student.path, device=device,
+                                               trust_remote_code=cfg.student.trust_remote_code)
+                if models.fingerprint(model) != fingerprint:
+                    raise ValueError(f"student at {cfg.student.path} changed since it was "
+                                     f"fingerprinted ({fingerprint}); re-run the flow")
+                self._student = (ident, LoadedModel(model, processor))
+            return self._student[1]
+
+
+RESIDENT = Resident()
+
+
+# log_prints off where the split may be built: dill (under `datasets`) captures a bytecode
+# disassembly from stdout, which a flow's log_prints would otherwise send to the run log.
+@task(name="train-question-ids", log_prints=False)
+def train_question_ids(cfg_json: dict) -> list[str]:
+    return RESIDENT.ids(from_public(cfg_json).data)
+
+
+@task(name="fingerprint-model")
+def fingerprint_model(path: str, trust_remote_code: bool = False) -> str:
+    """Weight hash of a checkpoint: part of every shard key that model's answers go into."""
+    model, _ = models.load(path, trust_remote_code=trust_remote_code)
+    return models.fingerprint(model)
+
+
+@task(name="plan-stage", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient,
+      log_prints=False)
+def plan_stage(cfg_json: dict, stage: dict, teacher_fingerprint: str,
+               student_fingerprint: str) -> dict:
+    """The stage's shards, keys and cache status; loads no model."""
+    cfg = from_public(cfg_json)
+    st = Stage(**stage)
+    store = cache.open_store(cfg.storage)
+    shards = generation.plan_stage(
+        store, st, RESIDENT.ids(cfg.data), lambda s: RESIDENT.rows(cfg.data, s), cfg.generation,
+        teacher_fingerprint=teacher_fingerprint, student_fingerprint=student_fingerprint)
+    cached = sum(s["cached"] for s in shards)
+    get_run_logger().info("stage %d (%s, ratio %s): %d shards, %d cached", st.index, st.teacher,
+                          st.ratio, len(shards), cached)
+    return {"stage": stage, "teacher_fingerprint": teacher_fingerprint,
+            "student_fingerprint": student_fingerprint, "shards": shards}
+
+
+@task(name="generate-shard", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient,
+      log_prints=False)
+def generate_shard(cfg_json: dict, stage: dict, shard: dict, table_key: str,
+                   teacher_fingerprint: str, student_fingerprint: str) -> dict:
+    """Sample one shard's answers (masked teacher, then student) into the cache."""
+    cfg = from_public(cfg_json)
+    st = Stage(**stage)
+    store = cache.open_store(cfg.storage)
+    if store.exists(shard["key"]):  # a concurrent run, or a retry after the write landed
+        return {"key": shard["key"], "generated": False}
+    with RESIDENT.lock:
+        rows = RESIDENT.rows(cfg.data, generation.shard_from_dict(shard))
+        teacher = RESIDENT.teacher(cfg, st, table_key, teacher_fingerprint)
+        student = (RESIDENT.student(cfg, student_fingerprint)
+                   if cfg.generation.student_answers else None)
+        written = generation.write_shard(store, shard, st, teacher, student, rows,
+                                         cfg.generation)
+    return {"key": shard["key"], "generated": written}
+
+
+@task(name="stage-manifest", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient)
+def write_stage_manifest(cfg_json: dict, plan: dict) -> dict:
+    """Store the stage's manifest once all its shards exist; return it with this run's counts."""
+    cfg = from_public(cfg_json)
+    st = Stage(**plan["stage"])
+    store = cache.open_store(cfg.storage)
+    missing = [s["key"] for s in plan["shards"] if not store.exists(s["key"])]
+    if missing:
+        raise cache.CacheError(f"stage {st.index}: {len(missing)} shard(s) missing after "
+                               f"generation, e.g. {store.uri(missing[0])}")
+    manifest = generation.stage_manifest(
+        st, plan["shards"], cfg.generation, teacher_fingerprint=plan["teacher_fingerprint"],
+        student_fingerprint=plan["student_fingerprint"])
+    key = generation.manifest_key([s["key"] for s in plan["shards"]])
+    cache.put_json(store, key, manifest, if_absent=True)
+    cached = sum(s["cached"] for s in plan["shards"])
+    return {**manifest, "manifest_key": key, "manifest_uri": store.uri(key),
+            "cached": cached, "new": len(plan["shards"]) - cached}
+
+
+class ShardProgress:
+    """Shards done out of all shards of the run: a tqdm bar and a Prefect progress artifact."""
+
+    def __init__(self, total: int, done: int, show: bool, key: str = "generation-progress"):
+        self.total, self.done = total, done
+        self.bar = tqdm(total=total, initial=done, desc="generate", unit="shard",
+                        disable=not show)
+        self.artifact = create_progress_artifact(
+            self._percent(), key=key, description=f"shards generated or found in the cache "
+                                                 f"(of {total})")
+
+    def _percent(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 100.0
+
+    def advance(self) -> None:
+        self.done += 1
+        self.bar.update(1)
+        update_progress_artifact(self.artifact, self._percent())
+
+    def close(self) -> None:
+        self.bar.close()
+
