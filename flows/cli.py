@@ -2,6 +2,7 @@
 
     masters run        [--config FILE] [--set a.b=c ...]   evaluate the configured models
     masters bootstrap  [--only NAME ...]                   train the embedded models
+    masters distill    [--config FILE] [--set ...]         prune, generate, score, train, eval
     masters prune      [--config FILE] [--set ...]         threshold tables of the teachers
     masters mask-sweep [--teacher NAME]                    teacher accuracy vs mask ratio
     masters generate   [--config FILE] [--set ...]         sample and cache every stage's answers
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
     b.add_argument("--ship", action="store_true",
                    help="copy the results into masters/checkpoints (the shipped models)")
+    d = with_config(sub.add_parser("distill", help="the whole pipeline: prune, generate, "
+                                   "score, train, evaluate"))
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     with_config(sub.add_parser("prune", help="threshold tables of every teacher (no sweep)"))
     s = with_config(sub.add_parser("mask-sweep", help="teacher accuracy at each mask ratio"))
     s.add_argument("--teacher", action="append", help="teacher to sweep (default: the last)")
@@ -94,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stage {m['stage']}: teacher {m['teacher']} ratio {m['ratio']}: "
                   f"{len(m['shards'])} shards ({m['cached']} cached, {m['new']} new), "
                   f"{m['answers']} answers -> {m['manifest_uri']}")
+        return 0
+    if args.command == "distill":
+        from flows.distill import distill_flow
+
+        out = distill_flow(cfg.public_dict(), progress=not args.no_progress)
+        print(out["table"])
+        print(f"distilled student: {out['trained']['student_path']}")
         return 0
     if args.command == "run":
         from flows.evaluate import evaluate_flow

@@ -127,6 +127,11 @@ SCORERS = ("exact_match", "numeric", "yes_no", "multiple_choice", "relaxed", "an
 
 class RewardsConfig(Section):
     scorer: str = "exact_match"
+    scorer_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                          description="e.g. {tolerance: 0.05} for numeric")
+    judge: ModelRef | None = Field(None, description="judge model; default: the stage's "
+                                   "unmasked teacher (scorer: judge only)")
+    judge_max_new_tokens: int = Field(64, ge=1)
 
     @field_validator("scorer")
     @classmethod
@@ -147,6 +152,7 @@ class TrainingConfig(Section):
     accuracy_reward: bool = True
     distill_reward: bool = True
     distill_minmax: bool = Field(True, description="reverse min-max within the group")
+    output_dir: str = Field(".masters/train", description="stage checkpoints, final student")
     seed: int = 0
 
 

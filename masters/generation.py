@@ -40,7 +40,7 @@ from masters.schedule import Stage
 
 # Bump when the prompt format, the decoding of answers or the record layout changes: every
 # shard key changes with it, so answers produced by older code are never served.
-GENERATION_FORMAT = 1
+GENERATION_FORMAT = 2  # 2: special tokens other than EOS are suppressed
 
 
 class LoadedModel(NamedTuple):
@@ -64,6 +64,15 @@ def sampling_kwargs(cfg: GenerationConfig) -> dict[str, Any]:
         "repetition_penalty": cfg.repetition_penalty,
         "max_new_tokens": cfg.max_new_tokens,
     }
+
+
+def suppressed_tokens(tokenizer, eos: set[int]) -> list[int]:
+    """Special tokens an answer must never contain (image placeholders, padding, BOS).
+
+    An answer holding the image token would make every later forward pass on it fail
+    ("image features and image tokens do not match"), and a weak model does sample it.
+    """
+    return sorted(set(tokenizer.all_special_ids) - eos)
 
 
 def derive_seed(*parts: Any) -> int:
@@ -140,6 +149,7 @@ def sample_answers(
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(derive_seed(seed, b))
             seqs = model.generate(**batch, num_return_sequences=n, pad_token_id=pad,
+                                  suppress_tokens=suppressed_tokens(tok, eos),
                                   **sampling_kwargs(cfg))
         seqs = seqs if isinstance(seqs, torch.Tensor) else seqs.sequences
         # generate repeats each prompt n times in place: rows i*n .. i*n+n-1 are question i's.

@@ -73,3 +73,22 @@ def bootstrap_curves(records: dict[str, dict], title: str = "bootstrap: validati
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def reward_histogram(scored, title: str):
+    """Accuracy reward (0, 1, abstain) by answer source: how often each model is right."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sources = sorted({s["model"] for s in scored})
+    cats = ["0", "1", "abstain"]
+    width = 0.8 / max(1, len(sources))
+    for i, src in enumerate(sources):
+        vals = [s["accuracy"] for s in scored if s["model"] == src]
+        counts = [sum(v == 0 for v in vals), sum(v == 1 for v in vals),
+                  sum(v is None for v in vals)]
+        ax.bar([j + i * width for j in range(3)], counts, width, label=src)
+    ax.set_xticks([j + width * (len(sources) - 1) / 2 for j in range(3)])
+    ax.set_xticklabels(cats)
+    ax.set(ylabel="answers", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

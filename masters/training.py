@@ -60,11 +60,17 @@ def encode_answers(processor, groups: Sequence[Group], device) -> Encoded:
     """Prompt (image + question) followed by each answer, right-padded, one row per answer."""
     tok = processor.tokenizer
     normalizer = models.PixelNormalizer.from_processor(processor)
+    banned = set(tok.all_special_ids) - {tok.eos_token_id}
     prompts, answers, images = [], [], []
     for g in groups:
         text = models._expand_image_tokens(processor, models.prompt_text(processor, g.question))
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        for a in g.answers:
+        for j, a in enumerate(g.answers):
+            if banned.intersection(a):
+                raise TrainingError(
+                    f"answer {j} of question {g.question_id!r} contains special token(s) "
+                    f"{sorted(banned.intersection(a))}; regenerate it with special tokens "
+                    "suppressed")
             prompts.append(ids)
             answers.append(list(a))
             images.append(g.image)

@@ -1,0 +1,61 @@
+"""Accuracy rewards for generated shards: which scorer, which labels, which cache key."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from masters import cache, judge, rewards
+from masters.config import RewardsConfig
+
+SCORING_FORMAT = 1
+
+
+def score_key(shard_key: str, cfg: RewardsConfig, labels_digest: str,
+              judge_fingerprint: str | None = None) -> str:
+    """Scores of one shard under one scorer config against one set of labels."""
+    parts = {"format": SCORING_FORMAT, "shard": shard_key, "scorer": cfg.scorer,
+             "kwargs": cfg.scorer_kwargs, "labels": labels_digest, "judge": judge_fingerprint}
+    return cache.content_key("scores", parts, ".jsonl")
+
+
+def score_records(
+    records: Sequence[Mapping[str, Any]],
+    labels: Mapping[str, Mapping[str, Any]],
+    cfg: RewardsConfig,
+    judge_generate: Callable[[list[str]], list[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """R_acc for every generated answer; None where the scorer abstains."""
+    missing = sorted({r["question_id"] for r in records} - set(labels))
+    if missing:
+        raise KeyError(f"no label for question id(s) {missing[:5]} in the dataset split")
+    answers = [r["text"] for r in records]
+    refs = [labels[r["question_id"]]["answer"] for r in records]
+    if cfg.scorer == "judge":
+        if judge_generate is None:
+            raise ValueError("rewards.scorer is 'judge' but no judge model was given")
+        questions = [labels[r["question_id"]]["question"] for r in records]
+        scores = judge.judge_scores(judge_generate, questions, answers, refs)
+    else:
+        kwargs = dict(cfg.scorer_kwargs)
+        if cfg.scorer == "multiple_choice":
+            kwargs.setdefault("choices", [labels[r["question_id"]].get("choices")
+                                          for r in records])
+        scores = rewards.get_scorer(cfg.scorer)(answers, refs, **kwargs)
+    return [{"question_id": r["question_id"], "source": r["source"], "model": r["model"],
+             "ratio": r["ratio"], "answer_index": r["answer_index"], "accuracy": s}
+            for r, s in zip(records, scores, strict=True)]
+
+
+def summarize(scored: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean accuracy reward and abstention rate per (model, ratio)."""
+    by: dict[str, list] = defaultdict(list)
+    for s in scored:
+        by[f"{s['model']}@{s['ratio']:g}"].append(s["accuracy"])
+    out = {}
+    for k, vals in sorted(by.items()):
+        decided = [v for v in vals if v is not None]
+        out[f"accuracy_reward/{k}"] = sum(decided) / len(decided) if decided else 0.0
+        out[f"abstain_rate/{k}"] = 1 - len(decided) / len(vals)
+    return out

@@ -1,0 +1,100 @@
+"""Prefect task: accuracy rewards for every generated answer of a stage, cached beside them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from prefect import get_run_logger, task
+
+from masters import cache, models, plots, scoring
+from masters.config import from_public
+from masters.judge import hf_text_generator
+from masters.tracking import Tracker
+from tasks.common import TRANSIENT_RETRIES, flow_run_tags, retry_transient
+from tasks.generate import RESIDENT
+
+
+def _labels(cfg, question_ids: set[str]) -> tuple[dict, str]:
+    split = RESIDENT.split(cfg.data)
+    cols = ["id", "question", "answer"] + (["choices"] if "choices" in split.column_names
+                                            else [])
+    table = split.select_columns(cols).to_dict()
+    labels = {}
+    for i, qid in enumerate(table["id"]):
+        if str(qid) in question_ids:
+            labels[str(qid)] = {c: table[c][i] for c in cols if c != "id"}
+    digest = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
+    return labels, digest
+
+
+def _judge(cfg, manifest):
+    """The judge's text generator and fingerprint: config's judge, else the unmasked teacher."""
+    ref = cfg.rewards.judge
+    if ref is None:
+        (t,) = [t for t in cfg.teachers if t.name == manifest["teacher"]]
+        ref = t
+    model, processor = models.load(ref.path, trust_remote_code=ref.trust_remote_code,
+                                   device=models.pick_device(cfg.device))
+    return hf_text_generator(model, processor, cfg.rewards.judge_max_new_tokens), (
+        models.fingerprint(model))
+
+
+@task(name="score-stage", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient,
+      log_prints=False)
+def score_stage(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> dict:
+    """Score each shard of a stage manifest once; a re-run with the same config does no work."""
+    logger = get_run_logger()
+    cfg = from_public(cfg_json)
+    store = cache.open_store(cfg.storage)
+    qids = {q for s in manifest["shards"] for q in s["question_ids"]}
+    labels, digest = _labels(cfg, qids)
+    judge_generate, judge_fp = (None, None)
+    if cfg.rewards.scorer == "judge":
+        judge_generate, judge_fp = _judge(cfg, manifest)
+    out, scored_all, new = [], [], 0
+    for shard in manifest["shards"]:
+        key = scoring.score_key(shard["key"], cfg.rewards, digest, judge_fp)
+        raw = store.get_or_none(key)
+        if raw is None:
+            records = cache.get_jsonl(store, shard["key"])
+            scored = scoring.score_records(records, labels, cfg.rewards, judge_generate)
+            cache.put_jsonl(store, key, scored)
+            new += 1
+        else:
+            scored = cache.get_jsonl(store, key)
+        scored_all += scored
+        out.append({"shard_key": shard["key"], "score_key": key, "uri": store.uri(key)})
+    stats = scoring.summarize(scored_all)
+    tracker = Tracker(cfg.tracking)
+    run_id = tracker.start_run(f"score-stage-{manifest['stage']}", parent_run_id=parent_run_id,
+                               tags=flow_run_tags())
+    try:
+        tracker.log_params(run_id, {"stage": manifest["stage"], "teacher": manifest["teacher"],
+                                    "ratio": manifest["ratio"], "scorer": cfg.rewards.scorer,
+                                    "labels_digest": digest})
+        tracker.log_metrics(run_id, {**stats, "shards_scored": new,
+                                     "shards_cached": len(out) - new})
+        fig = plots.reward_histogram(scored_all, f"stage {manifest['stage']}: accuracy reward")
+        tracker.log_figure(run_id, fig, "accuracy_reward.png")
+        plots.close(fig)
+        sample = _sample_rows(store, manifest, scored_all)
+        if sample:
+            tracker.log_table(run_id, sample, "sample_answers.json")
+    finally:
+        tracker.end_run(run_id)
+    logger.info("stage %s: %d shards scored, %d cached; %s", manifest["stage"], new,
+                len(out) - new, {k: round(v, 3) for k, v in stats.items()
+                                 if k.startswith("accuracy")})
+    return {"stage": manifest["stage"], "teacher": manifest["teacher"],
+            "ratio": manifest["ratio"], "scores": out, "new": new, "stats": stats}
+
+
+def _sample_rows(store, manifest, scored, n: int = 24) -> list[dict]:
+    """A few answers with their rewards, for eyeballing in the MLflow UI."""
+    records = cache.get_jsonl(store, manifest["shards"][0]["key"])[:n]
+    by = {(s["question_id"], s["source"], s["answer_index"]): s["accuracy"] for s in scored}
+    return [{"question_id": r["question_id"], "model": r["model"], "ratio": r["ratio"],
+             "answer": r["text"],
+             "accuracy": by.get((r["question_id"], r["source"], r["answer_index"]))}
+            for r in records]

@@ -1,0 +1,84 @@
+"""masters-distill end to end on smoke models: prune, generate, score, train, evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+import tasks.score as score_tasks
+from flows.distill import distill_flow
+from masters import cache, embedded, rewards
+from masters.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    out = {}
+    for name, seed in (("teacher", 1), ("student", 2)):
+        model, processor = embedded.build("smoke", seed=seed)
+        out[name] = embedded.save(model, processor, tmp_path / name)
+    return out
+
+
+def _cfg(tmp_path, paths):
+    return load_config(ROOT / "configs" / "smoke.yaml", [
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+        f"storage.cache_uri={tmp_path / 'cache'}",
+        f"training.output_dir={tmp_path / 'train'}",
+        f"teachers=[{{name: t, path: {paths['teacher']}, r_max: 0.05}}]",
+        f"student.path={paths['student']}",
+        "masking.sweep_ratios=[0]", "data.train_size=8", "data.test_size=14",
+        "generation.shard_size=2", "generation.teacher_answers=2",
+        "generation.student_answers=2", "generation.max_new_tokens=2",
+        "training.lr=0.001", "training.batch_groups=2",
+    ])
+
+
+def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch):
+    cfg = _cfg(tmp_path, checkpoints)
+    out = distill_flow(cfg.public_dict())
+    assert [m["ratio"] for m in out["manifests"]] == [0.05, 0.0]
+    # Scores: one per generated answer, equal to the scorer applied to the answer text.
+    store = cache.open_store(cfg.storage)
+    for manifest, scored in zip(out["manifests"], out["scores"], strict=True):
+        for shard, s in zip(manifest["shards"], scored["scores"], strict=True):
+            answers = cache.get_jsonl(store, shard["key"])
+            got = cache.get_jsonl(store, s["score_key"])
+            assert len(got) == len(answers) == 2 * 4
+            assert [g["accuracy"] for g in got] == rewards.exact_match(
+                [a["text"] for a in answers], [_label(cfg, a["question_id"]) for a in answers])
+    trained = out["trained"]
+    assert trained["steps"] == 4 and trained["resumed_after"] == -1
+    assert (Path(trained["student_path"]) / "model.safetensors").is_file()
+    labels = [r["label"] for r in out["results"]]
+    assert labels == ["distilled", "student", "teacher:t"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("masters-smoke").experiment_id])}
+    assert {"distill-smoke", "train", "score-stage-0", "score-stage-1",
+            "evaluate-distilled"} <= set(runs)
+    history = client.get_metric_history(runs["train"].info.run_id, "mask_ratio")
+    assert [h.value for h in history] == [0.05, 0.05, 0.0, 0.0]
+    for name in ("loss/grpo", "loss/kl", "loss/jsd", "reward/distill"):
+        assert len(client.get_metric_history(runs["train"].info.run_id, name)) == 4
+
+    # A re-run does no scoring and no training work: everything is cached or checkpointed.
+    def no_scoring(*a, **k):
+        raise AssertionError("re-scored a cached shard")
+
+    monkeypatch.setattr(score_tasks.scoring, "score_records", no_scoring)
+    again = distill_flow(cfg.public_dict())
+    assert all(s["new"] == 0 for s in again["scores"])
+    assert again["trained"]["resumed_after"] == 1 and again["trained"]["steps"] == 4
+
+
+def _label(cfg, qid):
+    from masters import data
+
+    ds = data.load_split(cfg.data, "train")
+    return ds[[str(i) for i in ds["id"]].index(qid)]["answer"]
