@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import masking
+from benchmarks import generation, masking
 
-SECTIONS = {"masking": masking}
+SECTIONS = {"masking": masking, "generation": generation}
 
 
 def machine() -> str:

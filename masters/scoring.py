@@ -59,3 +59,31 @@ def summarize(scored: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         out[f"accuracy_reward/{k}"] = sum(decided) / len(decided) if decided else 0.0
         out[f"abstain_rate/{k}"] = 1 - len(decided) / len(vals)
     return out
+
+
+def distillation_scores(teacher, student, processor, groups, *, beta: float = 0.5,
+                        batch_groups: int = 8) -> list[list[float]]:
+    """R_distill of every answer, standalone: teacher-forced JSD, reverse min-max per group.
+
+    Training computes the same reward from the forward passes it already makes; this is for
+    scoring answers outside training (analysis, other pipelines).
+    """
+    import torch
+
+    from masters import training
+
+    device = next(student.parameters()).device
+    vocab = len(processor.tokenizer.get_vocab())
+    out: list[list[float]] = []
+    for start in range(0, len(groups), batch_groups):
+        part = groups[start : start + batch_groups]
+        enc = training.encode_answers(processor, part, device)
+        with torch.no_grad():
+            d = rewards.distillation_divergence(
+                training.answer_logits(teacher, enc, vocab),
+                training.answer_logits(student, enc, vocab), enc.targets >= 0, beta).tolist()
+        i = 0
+        for g in part:
+            out.append(rewards.reverse_min_max(d[i : i + len(g.answers)]))
+            i += len(g.answers)
+    return out

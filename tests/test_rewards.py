@@ -185,3 +185,35 @@ def test_judge_ignores_injections(attack):
 ])
 def test_verdict_parsing_is_strict(parsed, judgement, expected):
     assert judge.parse_verdict(parsed, judgement) == expected
+
+
+def test_standalone_distillation_scores_match_a_per_answer_loop():
+    from masters import embedded, models, scoring, synthetic, training
+
+    teacher, processor = embedded.build("smoke", seed=4)
+    student, _ = embedded.build("smoke", seed=5)
+    tok = processor.tokenizer
+    groups = []
+    for i in range(3):
+        s = synthetic.make_sample(0, "train", i)
+        answers = [tok.convert_tokens_to_ids(w.split()) + [tok.eos_token_id]
+                   for w in ("red", "2 blue", "yes", "a1 b2 c3")]
+        groups.append(training.Group(s.id, s.image, s.question, answers, [None] * 4))
+    got = scoring.distillation_scores(teacher.eval(), student.eval(), processor, groups,
+                                      batch_groups=2)
+    norm = models.PixelNormalizer.from_processor(processor)
+    for g, scores in zip(groups, got, strict=True):
+        d = []
+        for a in g.answers:  # one unpadded sequence at a time, JSD by the definition
+            prompt = tok(models._expand_image_tokens(
+                processor, models.prompt_text(processor, g.question)),
+                add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + a])
+            with torch.no_grad():
+                kw = {"input_ids": ids, "pixel_values": norm([g.image])}
+                t_log, s_log = teacher(**kw).logits[0], student(**kw).logits[0]
+            pos = range(len(prompt) - 1, len(prompt) - 1 + len(a))
+            d.append(sum(naive_jsd(t_log[p], s_log[p], 0.5) for p in pos) / len(a))
+        hi, lo = max(d), min(d)
+        # float32 batching noise, amplified by the min-max division: 1e-3 is still tight
+        assert scores == pytest.approx([(hi - x) / (hi - lo) for x in d], abs=1e-3)

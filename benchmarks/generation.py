@@ -1,0 +1,103 @@
+"""Generation costs: batched vs one question at a time; a cached re-run vs the first run.
+
+Both on the shipped embedded large teacher (masked at r = 0.2) and the embedded student,
+sampling with the paper's settings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+from masters import cache, generation, models, synthetic
+from masters.config import GenerationConfig
+from masters.masking import MaskedTeacher, compute_thresholds
+from masters.schedule import Stage
+
+N_QUESTIONS = 64
+
+
+def _rows(n: int):
+    samples = [synthetic.make_sample(0, "train", i) for i in range(n)]
+    return [{"id": s.id, "question": s.question, "image": s.image} for s in samples]
+
+
+def run() -> dict:
+    teacher_model, teacher_proc = models.load("embedded:large")
+    student_model, student_proc = models.load("embedded:student")
+    table = compute_thresholds(teacher_model, [0.2])
+    MaskedTeacher(teacher_model, table).set_ratio(0.2)
+    rows = _rows(N_QUESTIONS)
+    images = [r["image"] for r in rows]
+    questions = [r["question"] for r in rows]
+    out: dict = {"questions": N_QUESTIONS}
+
+    def answers_per_second(batch_size: int) -> float:
+        cfg = GenerationConfig(batch_size=batch_size)
+        t0 = time.perf_counter()
+        answers = generation.sample_answers(teacher_model, teacher_proc, images, questions,
+                                            cfg.teacher_answers, cfg, seed=0)
+        return sum(len(a) for a in answers) / (time.perf_counter() - t0)
+
+    answers_per_second(32)  # warm-up
+    out["batched_answers_per_s"] = answers_per_second(32)
+    out["single_answers_per_s"] = answers_per_second(1)
+    out["batched_speedup"] = out["batched_answers_per_s"] / out["single_answers_per_s"]
+
+    # A stage of 64 questions in shards of 16: first run (load + generate + store) vs a
+    # re-run (plan only: every shard found, so no model is loaded).
+    cfg = GenerationConfig(shard_size=16)
+    stage = Stage(0, "large", "embedded:large", 0.2, 0, N_QUESTIONS)
+    ids = [r["id"] for r in rows]
+    by_id = {r["id"]: r for r in rows}
+
+    def rows_of(shard):
+        return [by_id[q] for q in shard.question_ids]
+
+    loads = {"n": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = cache.LocalStore(tmp)
+
+        def one_run() -> float:
+            t0 = time.perf_counter()
+            planned = generation.plan_stage(store, stage, ids, rows_of, cfg,
+                                            teacher_fingerprint=table.fingerprint,
+                                            student_fingerprint="student")
+            missing = [p for p in planned if not p["cached"]]
+            if missing:
+                loads["n"] += 2
+                t_model, t_proc = models.load("embedded:large")
+                MaskedTeacher(t_model, table).set_ratio(0.2)
+                s_model, s_proc = models.load("embedded:student")
+                for p in missing:
+                    generation.write_shard(store, p, stage,
+                                           generation.LoadedModel(t_model, t_proc),
+                                           generation.LoadedModel(s_model, s_proc),
+                                           rows_of(generation.shard_from_dict(p)), cfg)
+            return time.perf_counter() - t0
+
+        out["first_run_s"] = one_run()
+        first_loads = loads["n"]
+        out["cached_run_s"] = one_run()
+        out["cached_run_model_loads"] = loads["n"] - first_loads
+    out["cached_over_first"] = out["cached_run_s"] / out["first_run_s"]
+    return out
+
+
+def markdown(r: dict) -> str:
+    return "\n".join([
+        f"Embedded large teacher masked at r=0.2, {r['questions']} questions, 4 answers each, "
+        "temperature 1.0, top-p 0.9, top-k 50, repetition penalty 1.05.",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        f"| batched generation (32 questions per call) | {r['batched_answers_per_s']:.1f} "
+        "answers/s |",
+        f"| one question per call | {r['single_answers_per_s']:.1f} answers/s |",
+        f"| **batched / one-at-a-time** (expect >= 5x) | **{r['batched_speedup']:.1f}x** |",
+        f"| first run of a 64-question stage (teacher 4 + student 4 answers) | "
+        f"{r['first_run_s']:.2f} s |",
+        f"| second, fully cached run | {r['cached_run_s']:.3f} s, "
+        f"{r['cached_run_model_loads']} model loads |",
+        f"| **cached / first** (expect <= 5%) | **{100 * r['cached_over_first']:.1f}%** |",
+    ])
