@@ -44,14 +44,16 @@ def distill_flow(config: dict | None = None, progress: bool = False) -> dict:
     status = "FAILED"
     try:
         tracker.log_params(parent, public)
-        # 1. Masked teachers: tables and fingerprints.
-        tables = [prune_teacher(public, t.name, parent) for t in cfg.teachers]
-        student_fp = fingerprint_model(cfg.student.path, cfg.student.trust_remote_code)
-        # 2. Answers for every stage.
-        manifests = generate_flow(public, tables=tables, student_fingerprint=student_fp,
-                                  progress=progress)
-        # 3. Accuracy rewards.
-        scores = [score_stage(public, m, parent) for m in manifests]
+        tables, manifests, scores = [], [], []
+        if cfg.training.objective == "masters":  # the supervised baseline needs none of 1-3
+            # 1. Masked teachers: tables and fingerprints.
+            tables = [prune_teacher(public, t.name, parent) for t in cfg.teachers]
+            student_fp = fingerprint_model(cfg.student.path, cfg.student.trust_remote_code)
+            # 2. Answers for every stage.
+            manifests = generate_flow(public, tables=tables, student_fingerprint=student_fp,
+                                      progress=progress)
+            # 3. Accuracy rewards.
+            scores = [score_stage(public, m, parent) for m in manifests]
         # 4. One training run over all stages.
         trained = train_student(public, manifests, scores, tables, parent)
         # 5. Held-out accuracy: distilled vs initial student vs teachers.

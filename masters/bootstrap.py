@@ -36,6 +36,9 @@ class BootstrapSpec:
     seed: int = 0
     data_seed: int = 0
     threads: int = 0  # 0: leave torch's default
+    # Stop before the end of the schedule (the LR schedule still spans `steps`): where a run
+    # stops does not change its trajectory, so a longer run's checkpoint can be resumed.
+    stop_at: int | None = None
 
 
 MetricLogger = Callable[[dict[str, float], int], None]
@@ -46,6 +49,10 @@ def _lr_at(step: int, spec: BootstrapSpec) -> float:
         return spec.lr * (step + 1) / spec.warmup
     progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
     return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _trajectory(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "stop_at"}
 
 
 def eval_arrays(seed: int, split: str, size: int):
@@ -87,17 +94,18 @@ def train(
     state_path = out_dir / "state.pt"
     if state_path.exists():
         state = torch.load(state_path, map_location=dev, weights_only=False)
-        if state["spec"] != asdict(spec):
+        if _trajectory(state["spec"]) != _trajectory(asdict(spec)):
             raise ValueError(f"{state_path} was written by another spec; delete it to restart")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, elapsed, curve = state["step"], state["elapsed"], state["curve"]
         torch.set_rng_state(state["rng"])
     val = eval_arrays(spec.data_seed, "validation", spec.eval_size)
-    bar = tqdm(total=spec.steps, initial=step, desc=f"bootstrap {spec.shape}", disable=not progress)
+    last = min(spec.steps, spec.stop_at or spec.steps)
+    bar = tqdm(total=last, initial=step, desc=f"bootstrap {spec.shape}", disable=not progress)
     t0 = time.perf_counter() - elapsed
     running = None
-    while step < spec.steps:
+    while step < last:
         idx = range(step * spec.batch_size, (step + 1) * spec.batch_size)
         samples = [
             synthetic.make_sample(spec.data_seed, "train", i, aux_fraction=spec.aux_fraction)
@@ -124,7 +132,7 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}")
         metrics = {"train/loss": loss.item(), "train/lr": _lr_at(step - 1, spec)}
-        if step % spec.eval_every == 0 or step == spec.steps:
+        if step % spec.eval_every == 0 or step == last:
             res = evaluation.evaluate_arrays(model, processor, *val)
             point = {"step": step, "seconds": round(time.perf_counter() - t0, 1)}
             point.update(res.as_metrics("val/"))

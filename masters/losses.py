@@ -12,6 +12,12 @@ import torch
 import torch.nn.functional as F
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (a half-precision softmax is unstable); float64 stays float64, which
+    lets tests compare two runs without float32 noise."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def generalized_jsd(
     teacher_logits: torch.Tensor,
     student_logits: torch.Tensor,
@@ -27,8 +33,9 @@ def generalized_jsd(
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"jsd beta must lie in [0, 1], got {beta}")
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    dtype = torch.promote_types(upcast(teacher_logits).dtype, upcast(student_logits).dtype)
+    t = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     if beta == 0.0:
         return (t.exp() * (t - s)).sum(-1)
     if beta == 1.0:
@@ -51,7 +58,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     `logits[:, t]` must already be the distribution over `targets[:, t]` (callers shift once:
     logits[:, :-1] against input_ids[:, 1:]). Padding targets (< 0) get 0.
     """
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = F.log_softmax(upcast(logits), dim=-1)
     return logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets >= 0)
 
 
@@ -111,3 +118,9 @@ def masters_loss(
         terms["jsd"] = zero
     terms["loss"] = terms["grpo"] + kl_beta * terms["kl"] + jsd_weight * terms["jsd"]
     return terms
+
+
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Supervised baseline: negative log-likelihood, mean over each answer's tokens, then over
+    answers (the same averaging as GRPO, so a short label weighs as much as a long one)."""
+    return -masked_mean(logprobs, mask).mean()

@@ -12,6 +12,10 @@
 
 Shaped like a torchtune recipe: `setup`, `loss_step`, `train`. Models never leave this file
 through Prefect: the task layer hands in providers for stage data and for the teacher.
+
+Baselines share this loop and its budget (docs/training.md): `objective: supervised` swaps the
+loss for the NLL of the dataset label (one answer per group, no teacher); the distillation
+baselines are switch settings (rewards off: every advantage is 0, only KL + JSD act).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from masters import models, rewards
+from masters import distributed, models, rewards
 from masters.config import TrainingConfig
-from masters.losses import masters_loss
+from masters.losses import masters_loss, sft_loss, token_logprobs, upcast
 from masters.schedule import Stage
 
 
@@ -45,6 +49,13 @@ class Group:
     answers: list[list[int]]
     accuracy: list[float | None]
     sources: list[str] = field(default_factory=list)
+
+
+def label_group(tokenizer, question_id: str, image: np.ndarray, question: str,
+                answer: str) -> Group:
+    """The supervised baseline's group: the dataset answer + EOS as its only answer."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return Group(question_id, image, question, [ids], [None], ["label"])
 
 
 @dataclass
@@ -98,7 +109,7 @@ def answer_logits(model, enc: Encoded, vocab: int) -> torch.Tensor:
     span = torch.arange(enc.targets.shape[1], device=logits.device)
     pos = (enc.starts.unsqueeze(1) - 1 + span).clamp(max=logits.shape[1] - 1)
     picked = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    return picked[..., :vocab].float()
+    return upcast(picked[..., :vocab])
 
 
 def shared_vocab(student_processor, teacher_processor) -> int:
@@ -120,7 +131,12 @@ class StepResult:
 
 
 class MastersTrainer:
-    """One student, trained stage by stage against the (masked) teacher of each stage."""
+    """One student, trained stage by stage against the (masked) teacher of each stage.
+
+    Under torchrun / accelerate (WORLD_SIZE > 1) every rank holds the whole global batch of
+    `batch_groups` groups and trains on its share (`distributed.shard`); DDP averages the
+    gradients and each rank's loss is scaled so the average is the one-process gradient.
+    """
 
     def __init__(self, student, processor, cfg: TrainingConfig, *,
                  log_metrics: Callable[[dict, int], None] | None = None):
@@ -132,41 +148,79 @@ class MastersTrainer:
 
     def setup(self) -> None:
         torch.manual_seed(self.cfg.seed)
+        self.world = distributed.world_size()
+        if self.cfg.batch_groups % self.world:
+            raise TrainingError(
+                f"training.batch_groups={self.cfg.batch_groups} is not divisible by the "
+                f"{self.world} processes: each rank must get the same share of a global batch")
         # Reference = frozen initial student [D]; only needed when the KL term is on.
         self.ref = None
-        if self.cfg.kl_beta:
+        if self.cfg.objective == "masters" and self.cfg.kl_beta:
             self.ref = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.model = distributed.wrap(self.student)  # forward through DDP: it syncs grads
         self.opt = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr,
                                      weight_decay=self.cfg.weight_decay)
         self.student.train()
 
-    def loss_step(self, groups: Sequence[Group], teacher, stage: Stage) -> StepResult:
+    def loss_step(self, groups: Sequence[Group], teacher, stage: Stage,
+                  share: float = 1.0) -> StepResult:
+        """One optimizer step on `groups`, this rank's `share` of the global batch's answers."""
         enc = encode_answers(self.processor, groups, self.device)
         mask = enc.targets >= 0
-        with torch.no_grad():
-            t_logits = answer_logits(teacher, enc, self.vocab) if teacher is not None else None
-            r_logits = answer_logits(self.ref, enc, self.vocab) if self.ref is not None else None
-        s_logits = answer_logits(self.student, enc, self.vocab)
-        adv, stats = self._advantages(groups, t_logits, s_logits.detach(), mask)
-        terms = masters_loss(
-            s_logits, t_logits, r_logits, enc.targets, mask, adv.to(self.device),
-            kl_beta=self.cfg.kl_beta, jsd_weight=self.cfg.jsd_weight, jsd_beta=self.cfg.jsd_beta,
-        )
-        if not torch.isfinite(terms["loss"]):
+        if self.cfg.objective == "supervised":
+            s_logits = answer_logits(self.model, enc, self.vocab)
+            terms = {"sft": sft_loss(token_logprobs(s_logits, enc.targets), mask)}
+            terms["loss"], sums = terms["sft"], {}
+        else:
+            terms, sums = self._masters_terms(groups, enc, mask, teacher)
+        logged, stats = self._global_means(terms, sums, share)
+        if not np.isfinite(logged["loss"]):
             raise TrainingError(
-                f"non-finite loss {terms['loss'].item()} at step {self.step} (stage "
+                f"non-finite loss {logged['loss']} at step {self.step} (stage "
                 f"{stage.index}, teacher {stage.teacher}, ratio {stage.ratio}); the last "
                 "finished stage's checkpoint is intact"
             )
         self.opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        loss = terms["loss"] * (share * self.world) if self.world > 1 else terms["loss"]
+        loss.backward()
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
         self.opt.step()
         self.step += 1
-        return StepResult({k: v.item() for k, v in terms.items()}, stats)
+        return StepResult(logged, stats)
+
+    def _masters_terms(self, groups, enc, mask, teacher):
+        with torch.no_grad():
+            t_logits = answer_logits(teacher, enc, self.vocab) if teacher is not None else None
+            r_logits = answer_logits(self.ref, enc, self.vocab) if self.ref is not None else None
+        s_logits = answer_logits(self.model, enc, self.vocab)
+        adv, sums = self._advantages(groups, t_logits, s_logits.detach(), mask)
+        terms = masters_loss(
+            s_logits, t_logits, r_logits, enc.targets, mask, adv.to(self.device),
+            kl_beta=self.cfg.kl_beta, jsd_weight=self.cfg.jsd_weight, jsd_beta=self.cfg.jsd_beta,
+        )
+        return terms, sums
+
+    def _global_means(self, terms, sums, share):
+        """Loss terms and reward means over the whole global batch (all ranks).
+
+        Every term is a mean over answers, so share-weighted sums give the global mean; a
+        rank padding a short last batch has share 0 and adds nothing.
+        """
+        names, stat_names = sorted(terms), sorted(sums)
+        active = 1.0 if share > 0 else 0.0
+        vec = torch.tensor([terms[k].item() * share for k in names]
+                           + [v * active for k in stat_names for v in sums[k]],
+                           dtype=torch.float64)
+        vec = distributed.all_reduce_sum(vec).tolist()
+        logged = dict(zip(names, vec[: len(names)], strict=True))
+        rest = vec[len(names):]
+        stats = {k: rest[2 * i] / rest[2 * i + 1] if rest[2 * i + 1] else 0.0
+                 for i, k in enumerate(stat_names)}
+        return logged, stats
 
     def _advantages(self, groups, t_logits, s_logits, mask):
+        """Advantages per answer, and (sum, count) of each reward for the logged means."""
         cfg = self.cfg
         flat_acc, flat_dist, advantages = [], [], []
         divergence = (rewards.distillation_divergence(t_logits, s_logits, mask, cfg.jsd_beta)
@@ -184,11 +238,11 @@ class MastersTrainer:
             flat_acc += [a for a in acc if a is not None]
             flat_dist += dist
             i += n
-        stats = {"reward/accuracy": float(np.mean(flat_acc)) if flat_acc else 0.0,
-                 "reward/distill": float(np.mean(flat_dist))}
+        sums = {"reward/accuracy": (float(np.sum(flat_acc)), len(flat_acc)),
+                "reward/distill": (float(np.sum(flat_dist)), len(flat_dist))}
         if divergence is not None:
-            stats["reward/divergence"] = float(divergence.mean())
-        return torch.tensor(advantages), stats
+            sums["reward/divergence"] = (float(divergence.sum()), len(divergence))
+        return torch.tensor(advantages), sums
 
     def train_stage(self, stage: Stage, groups: Sequence[Group], teacher) -> list[StepResult]:
         """Every group of the stage once, in a seeded order, `batch_groups` per step."""
@@ -197,9 +251,13 @@ class MastersTrainer:
         b = self.cfg.batch_groups
         for start in range(0, len(order), b):
             batch = [groups[j] for j in order[start : start + b]]
-            res = self.loss_step(batch, teacher, stage)
+            mine = distributed.shard(batch)
+            share = sum(len(g.answers) for g in mine) / sum(len(g.answers) for g in batch)
+            # A short last batch can leave a rank without a group; it still steps (share 0)
+            # because DDP's gradient all-reduce needs every rank.
+            res = self.loss_step(mine or batch[:1], teacher, stage, share=share)
             results.append(res)
-            if self.log_metrics:
+            if self.log_metrics and distributed.is_main():
                 self.log_metrics({**{f"loss/{k}": v for k, v in res.terms.items()},
                                   **res.rewards, "mask_ratio": stage.ratio,
                                   "stage": stage.index, "lr": self.opt.param_groups[0]["lr"]},
@@ -209,7 +267,14 @@ class MastersTrainer:
     # ---- checkpoints: the student, the optimizer, the stage index, the RNG ----------------
 
     def save_checkpoint(self, directory: str | Path, stage: Stage) -> Path:
+        """Rank 0 writes (ranks hold identical weights); the others wait for the folder."""
         final = Path(directory) / f"stage-{stage.index:03d}"
+        if distributed.is_main():
+            self._write_checkpoint(final, stage)
+        distributed.barrier()
+        return final
+
+    def _write_checkpoint(self, final: Path, stage: Stage) -> None:
         tmp = final.with_name(final.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         self.student.save_pretrained(tmp, safe_serialization=True)
@@ -223,7 +288,6 @@ class MastersTrainer:
 
             shutil.rmtree(final)
         tmp.rename(final)  # a crash mid-save leaves only a .tmp folder, never a torn stage
-        return final
 
     def load_checkpoint(self, path: str | Path) -> int:
         path = Path(path)

@@ -34,6 +34,7 @@ def bootstrap_model(
         warmup=m.warmup,
         aux_fraction=m.aux_fraction,
         eval_every=m.eval_every,
+        stop_at=m.stop_at,
         eval_size=bcfg.eval_size,
         seed=m.seed,
         data_seed=cfg.data.seed,

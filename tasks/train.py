@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from prefect import get_run_logger, task
 
-from masters import cache, models, training
+from masters import cache, distributed, models, training
 from masters.config import from_public
 from masters.masking import MaskedTeacher, ThresholdTable
 from masters.schedule import build_schedule
@@ -71,47 +71,92 @@ def _groups_for(cfg, manifest: dict, scores: dict, split, index: dict[str, int])
     return list(groups.values())
 
 
-@task(name="train-student", log_prints=False)
-def train_student(cfg_json: dict, manifests: list[dict], scores: list[dict],
-                  tables: list[dict], parent_run_id: str | None) -> dict:
-    logger = get_run_logger()
-    cfg = from_public(cfg_json)
+def _label_groups(split, stage, tokenizer):
+    """The supervised baseline's data: the stage's slice of the train split, label as answer."""
+    part = split[stage.start : stage.stop]
+    return [training.label_group(tokenizer, str(i), np.asarray(im.convert("RGB")), q, a)
+            for i, im, q, a in zip(part["id"], part["image"], part["question"], part["answer"],
+                                   strict=True)]
+
+
+def label_run_key(cfg, student_fingerprint: str) -> str:
+    """Supervised runs have no answers or scores: named by data, schedule and student."""
+    parts = {"labels": cfg.data.model_dump(mode="json"),
+             "schedule": [[t.name, t.r_max, t.step] for t in cfg.teachers],
+             "training": cfg.training.model_dump(mode="json", exclude={"output_dir"}),
+             "student": student_fingerprint}
+    return cache.content_key("train", parts).split("/", 1)[1]
+
+
+def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[dict],
+                 parent_run_id: str | None = None, log=None) -> dict:
+    """The training job, outside Prefect so torchrun can start it on every rank
+    (`python -m masters.train_entry --spec`); rank 0 alone tracks and saves."""
+    device = distributed.init(cfg.device)
+    main = distributed.is_main()
     split = RESIDENT.split(cfg.data)
-    index = {str(q): i for i, q in enumerate(split["id"])}
     stages = build_schedule(cfg.teachers, len(split))
-    if [m["stage"] for m in manifests] != [s.index for s in stages]:
+    supervised = cfg.training.objective == "supervised"
+    if not supervised and [m["stage"] for m in manifests] != [s.index for s in stages]:
         raise ValueError("stage manifests do not match the schedule of this config")
     by_stage = {m["stage"]: (m, sc) for m, sc in zip(manifests, scores, strict=True)}
-    student, processor = models.load(cfg.student.path, device=models.pick_device(cfg.device),
+    student, processor = models.load(cfg.student.path, device=device,
                                      trust_remote_code=cfg.student.trust_remote_code)
-    key = run_key(manifests, scores, cfg)
+    key = (label_run_key(cfg, models.fingerprint(student)) if supervised
+           else run_key(manifests, scores, cfg))
     out_dir = Path(cfg.training.output_dir) / key
-    tracker = Tracker(cfg.tracking)
-    run_id = tracker.start_run("train", parent_run_id=parent_run_id,
-                               tags={**flow_run_tags(), "train_key": key})
+    tracker = Tracker(cfg.tracking) if main else None
+    run_id = tracker.start_run("train", parent_run_id=parent_run_id, tags={
+        **flow_run_tags(), "train_key": key}) if main else None
     status = "FAILED"
     try:
-        tracker.log_params(run_id, {"training": cfg.public_dict()["training"],
-                                    "stages": len(stages), "checkpoints": str(out_dir)})
-        metrics = BufferedMetrics(tracker, run_id)
+        metrics = None
+        if main:
+            tracker.log_params(run_id, {"training": cfg.public_dict()["training"],
+                                        "stages": len(stages), "checkpoints": str(out_dir),
+                                        "world_size": distributed.world_size()})
+            # What `torchrun ... -m masters.train_entry --spec` needs to rerun this job.
+            tracker.log_dict(run_id, {"config": cfg.public_dict(), "manifests": manifests,
+                                      "scores": scores, "tables": tables}, "train_inputs.json")
+            metrics = BufferedMetrics(tracker, run_id)
         trainer = training.MastersTrainer(student, processor, cfg.training, log_metrics=metrics)
-        result = training.train(
-            trainer, stages,
-            lambda st: _groups_for(cfg, *by_stage[st.index], split, index),
-            _Teachers(cfg, {t["teacher"]: t for t in tables}, processor),
-            out_dir / "checkpoints",
-        )
-        metrics.flush()
+        if supervised:  # no teacher is ever loaded
+            def groups_of(st):
+                return _label_groups(split, st, processor.tokenizer)
+
+            def teacher_of(st):
+                return None
+        else:
+            index = {str(q): i for i, q in enumerate(split["id"])}
+
+            def groups_of(st):
+                return _groups_for(cfg, *by_stage[st.index], split, index)
+
+            teacher_of = _Teachers(cfg, {t["teacher"]: t for t in tables}, processor)
+        result = training.train(trainer, stages, groups_of, teacher_of, out_dir / "checkpoints")
         final = out_dir / "student"
-        trainer.student.save_pretrained(final, safe_serialization=True)
-        processor.save_pretrained(final)
-        tracker.set_tags(run_id, {"student_path": str(final.resolve())})
-        tracker.log_dict(run_id, result, "training_summary.json")
+        if main:
+            metrics.flush()
+            trainer.student.save_pretrained(final, safe_serialization=True)
+            processor.save_pretrained(final)
+            tracker.set_tags(run_id, {"student_path": str(final.resolve())})
+            tracker.log_dict(run_id, result, "training_summary.json")
+        distributed.barrier()
         status = "FINISHED"
     finally:
-        tracker.end_run(run_id, status)
-    logger.info("trained %d steps over %d stages (resumed after stage %s) -> %s",
-                result["steps"], len(stages), result["resumed_after"], final)
+        if main:
+            tracker.end_run(run_id, status)
+    if log is not None:
+        log.info("trained %d steps over %d stages (resumed after stage %s) -> %s",
+                 result["steps"], len(stages), result["resumed_after"], final)
     return {"student_path": str(final.resolve()), "train_key": key, "steps": result["steps"],
             "stages": result["stages"], "resumed_after": result["resumed_after"],
             "mlflow_run_id": run_id}
+
+
+@task(name="train-student", log_prints=False)
+def train_student(cfg_json: dict, manifests: list[dict], scores: list[dict],
+                  tables: list[dict], parent_run_id: str | None) -> dict:
+    """One process; for several, rerun the logged train_inputs.json under torchrun."""
+    return run_training(from_public(cfg_json), manifests, scores, tables, parent_run_id,
+                        get_run_logger())

@@ -1,0 +1,126 @@
+"""Training entry point for one or many processes (torchrun / accelerate launch).
+
+    torchrun --nproc_per_node 2 -m masters.train_entry --spec train_inputs.json
+    torchrun --nproc_per_node 2 -m masters.train_entry --synthetic --out /tmp/run
+
+`--spec` reruns the pipeline's training job from the `train_inputs.json` artifact that the
+train task logs to MLflow (config, stage manifests, scores, mask tables); it resumes the same
+checkpoints, since the run is named by its inputs. `--synthetic` trains smoke models built
+from fixed seeds on in-process synthetic groups and writes the logged per-step metrics
+(`losses.json`) and final weights (`student.pt`): the multi-process equivalence test runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from masters import distributed, embedded, synthetic, training
+from masters.config import TeacherConfig, TrainingConfig
+from masters.masking import MaskedTeacher, compute_thresholds
+from masters.schedule import build_schedule
+
+
+def synthetic_groups(processor, n: int = 6, g: int = 4, seed: int = 0,
+                     labels: bool = False, ragged: bool = False) -> list[training.Group]:
+    """Deterministic groups: the label as answer 0, random two-word answers after it.
+
+    `ragged`: odd groups lose their last answer, so ranks hold unequal shares of a batch.
+    """
+    rng = np.random.default_rng(seed)
+    tok = processor.tokenizer
+    words = synthetic.vocabulary()
+    out = []
+    for i in range(n):
+        s = synthetic.make_sample(0, "train", i)
+        if labels:
+            out.append(training.label_group(tok, s.id, s.image, s.question, s.answer))
+            continue
+        answers = [tok.convert_tokens_to_ids([words[j] for j in rng.integers(0, len(words), 2)])
+                   + [tok.eos_token_id] for _ in range(g)]
+        answers[0] = tok.convert_tokens_to_ids([s.answer]) + [tok.eos_token_id]
+        acc = [1.0] + [float(rng.integers(0, 2)) for _ in range(g - 1)]
+        keep = g - (i % 2) if ragged else g
+        out.append(training.Group(s.id, s.image, s.question, answers[:keep], acc[:keep]))
+    return out
+
+
+def run_synthetic(out: Path, cfg: TrainingConfig, n_groups: int, answers: int,
+                  r_max: float = 0.05, dtype: torch.dtype = torch.float32,
+                  ragged: bool = False) -> dict:
+    device = distributed.init("cpu")
+    student, processor = embedded.build("smoke", seed=1)
+    teacher, _ = embedded.build("smoke", seed=2)
+    student, teacher = student.to(device, dtype), teacher.to(device, dtype).eval()
+    tcfg = TeacherConfig(name="t", path="unused", r_max=r_max, step=0.05)
+    stages = build_schedule([tcfg], n_groups)
+    masked = MaskedTeacher(teacher, compute_thresholds(teacher, tcfg.ratios()))
+    supervised = cfg.objective == "supervised"
+    groups = synthetic_groups(processor, n_groups, answers, labels=supervised, ragged=ragged)
+
+    def stage_teacher(stage):
+        if supervised:
+            return None
+        masked.set_ratio(stage.ratio)
+        return teacher
+
+    logged: list[dict] = []
+    trainer = training.MastersTrainer(student, processor, cfg,
+                                      log_metrics=lambda m, s: logged.append({"step": s, **m}))
+    summary = training.train(trainer, stages, lambda st: groups[st.start : st.stop],
+                             stage_teacher, out / "checkpoints")
+    if distributed.is_main():
+        (out / "losses.json").write_text(json.dumps(
+            {"world_size": distributed.world_size(), "steps": logged, "summary": summary}))
+        torch.save({k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+                   out / "student.pt")
+    distributed.barrier()
+    return summary
+
+
+def run_spec(path: Path) -> dict:
+    from masters.config import from_public
+    from tasks.train import run_training  # the pipeline's job, minus Prefect
+
+    spec = json.loads(path.read_text())
+    return run_training(from_public(spec["config"]), spec["manifests"], spec["scores"],
+                        spec["tables"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m masters.train_entry", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--spec", type=Path, help="train_inputs.json logged by the train task")
+    src.add_argument("--synthetic", action="store_true", help="smoke models, synthetic groups")
+    p.add_argument("--out", type=Path, help="--synthetic: output folder")
+    p.add_argument("--groups", type=int, default=10)
+    p.add_argument("--answers", type=int, default=4)
+    p.add_argument("--batch-groups", type=int, default=2)
+    p.add_argument("--objective", choices=["masters", "supervised"], default="masters")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    # float64 makes one-process and N-process runs comparable to ~1e-10: in float32, Adam turns
+    # the rounding noise of near-zero gradients (group advantages cancel) into +-lr steps.
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--ragged", action="store_true", help="groups of unequal size")
+    args = p.parse_args(argv)
+    try:
+        if args.spec:
+            return run_spec(args.spec)
+        if args.out is None:
+            p.error("--synthetic needs --out")
+        cfg = TrainingConfig(lr=args.lr, batch_groups=args.batch_groups, seed=args.seed,
+                             objective=args.objective)
+        return run_synthetic(args.out, cfg, args.groups, args.answers,
+                             dtype=getattr(torch, args.dtype), ragged=args.ragged)
+    finally:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

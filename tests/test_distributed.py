@@ -1,0 +1,72 @@
+"""Data-parallel training: 2 processes (torchrun, gloo) reproduce 1 process on one global batch.
+
+float64 models: in float32, Adam turns the rounding noise of near-zero gradients into +-lr
+steps (group advantages cancel on shared prefixes), so two correct runs differ by ~1e-5 in
+weights; in float64 they agree to ~1e-14 and the comparison tests the sharding itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from masters import distributed, train_entry
+
+ROOT = Path(__file__).resolve().parents[1]
+# 10 groups over 2 stages of 5: batches of 2, 2, 1 per stage, so the short last batch (one
+# rank idle, weight 0) is covered too. Ragged groups (4 and 3 answers) give the ranks unequal
+# shares of a batch, which only the share-weighted loss turns into the one-process gradient.
+ARGS = ["--synthetic", "--dtype", "float64", "--groups", "10", "--batch-groups", "2",
+        "--answers", "4", "--ragged", "--lr", "1e-3"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(out: Path, nproc: int) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "masters.train_entry", *ARGS, "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_two_processes_reproduce_one(tmp_path):
+    train_entry.main([*ARGS, "--out", str(tmp_path / "one")])  # plain python, world size 1
+    _torchrun(tmp_path / "two", 2)
+    one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    two = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert len(one["steps"]) == len(two["steps"]) == 6  # logged once (rank 0), globally
+    for a, b in zip(one["steps"], two["steps"], strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-9), (a["step"], k)
+    w1 = torch.load(tmp_path / "one" / "student.pt", weights_only=True)
+    w2 = torch.load(tmp_path / "two" / "student.pt", weights_only=True)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-9, msg=k)
+    # Rank 0 alone wrote each stage's checkpoint, whole (no torn .tmp folder left).
+    ckpts = tmp_path / "two" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["stage-000", "stage-001"]
+    assert torch.load(ckpts / "stage-001" / "trainer_state.pt", weights_only=True)["optimizer"]
+
+
+def test_shard_takes_every_world_th_group():
+    batch = list(range(6))
+    assert [distributed.shard(batch, r, 3) for r in range(3)] == [[0, 3], [1, 4], [2, 5]]
+    assert distributed.shard([7], 1, 2) == []  # a short last batch can leave a rank idle
+    assert distributed.world_size() == 1 and distributed.is_main()  # no group in pytest
