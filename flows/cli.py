@@ -6,6 +6,7 @@
     masters prune      [--config FILE] [--set ...]         threshold tables of the teachers
     masters mask-sweep [--teacher NAME]                    teacher accuracy vs mask ratio
     masters generate   [--config FILE] [--set ...]         sample and cache every stage's answers
+    masters promote    --version N [--gated] | --rollback  move the registry's champion alias
     masters config     [--config FILE] [--set ...]         print the resolved config
 """
 
@@ -48,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", action="append", help="teacher to sweep (default: the last)")
     g = with_config(sub.add_parser("generate", help="sample and cache every stage's answers"))
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    pr = with_config(sub.add_parser("promote", help="move the champion alias of the "
+                                    "registered model by hand, or roll it back"))
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", help="model version to make champion")
+    which.add_argument("--rollback", action="store_true",
+                       help="give champion back to the version the current one replaced")
+    pr.add_argument("--gated", action="store_true",
+                    help="with --version: only if it passes the promotion gate")
     with_config(sub.add_parser("config", help="print the resolved configuration (no secrets)"))
     return p
 
@@ -105,6 +114,24 @@ def main(argv: list[str] | None = None) -> int:
         out = distill_flow(cfg.public_dict(), progress=not args.no_progress)
         print(out["table"])
         print(f"distilled student: {out['trained']['student_path']}")
+        if out["registered"]:
+            reg = out["registered"]
+            print(f"registered {reg['model_uri']}: {reg['decision']['decision']} "
+                  f"({reg['decision']['reason']})")
+        return 0
+    if args.command == "promote":
+        from mlflow.exceptions import MlflowException
+
+        from flows.promote import promote_flow
+
+        try:
+            out = promote_flow(cfg.public_dict(), version=args.version,
+                               rollback=args.rollback, gated=args.gated)
+        except (ValueError, MlflowException) as exc:  # no such version, nothing to roll back
+            print(f"masters: {exc}", file=sys.stderr)
+            return 1
+        print(f"{out['name']}: champion version {out['previous'] or 'none'} -> "
+              f"{out['champion']} ({out['reason']})")
         return 0
     if args.command == "run":
         from flows.evaluate import evaluate_flow

@@ -16,20 +16,30 @@ steps pass cache keys and paths, never models.
    reward. A checkpoint per stage; a killed run resumes after the last finished stage.
 5. **Evaluate** (`evaluate_model`): the distilled student, the initial student and every
    teacher on the held-out split.
+6. **Register and promote** (`register_and_promote`): the distilled student becomes a new
+   version of the registered model, tagged with its lineage and metrics; it takes the alias
+   `challenger`, and `champion` only if it beats the current champion on the gate metric
+   (docs/registry.md). Reached only when every step before it succeeded.
+
+The run ends with a markdown report in Prefect (and in MLflow as `report.md`): teacher,
+student before and after, retention, the promotion decision, and where to find it all.
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
 from flows.evaluate import format_table
 from flows.generate import generate_flow
+from masters import evaluation
 from masters.config import from_public
 from masters.tracking import Tracker
 from tasks.common import flow_run_tags
 from tasks.evaluate import evaluate_model
 from tasks.generate import fingerprint_model
 from tasks.prune import prune_teacher
+from tasks.register import register_and_promote
 from tasks.score import score_stage
 from tasks.train import train_student
 
@@ -63,15 +73,55 @@ def distill_flow(config: dict | None = None, progress: bool = False) -> dict:
         results = [evaluate_model(public, label, path, trc, "test", parent)
                    for label, path, trc in targets]
         table = format_table(results)
-        by = {r["label"]: r for r in results}
-        gain = by["distilled"]["accuracy"] - by["student"]["accuracy"]
-        tracker.log_metrics(parent, {"test/accuracy": by["distilled"]["accuracy"],
-                                     "test/accuracy_initial_student": by["student"]["accuracy"],
-                                     "test/gain": gain})
+        tracker.log_metrics(parent, evaluation.summary_metrics(results))
         tracker.log_text(parent, table, "accuracy.md")
         logger.info("held-out accuracy:\n%s", table)
+        # 6. A new registry version; challenger always, champion only through the gate.
+        registered = None
+        if cfg.promotion.register:
+            registered = register_and_promote(public, trained, results, manifests, tables,
+                                              parent)
+        report = report_markdown(cfg, results, registered, parent, tracker)
+        tracker.log_text(parent, report, "report.md")
+        create_markdown_artifact(key="distill-report", markdown=report,
+                                 description=f"masters-distill {cfg.run_name}")
         status = "FINISHED"
     finally:
         tracker.end_run(parent, status)
     return {"table": table, "results": results, "trained": trained, "manifests": manifests,
-            "scores": scores, "tables": tables, "mlflow_run_id": parent}
+            "scores": scores, "tables": tables, "mlflow_run_id": parent,
+            "registered": registered, "report": report}
+
+
+def report_markdown(cfg, results: list[dict], registered: dict | None, run_id: str,
+                    tracker) -> str:
+    """What a human wants after a run: how good, how much was kept, and what was promoted."""
+    m = evaluation.summary_metrics(results)
+    by = {r["label"]: r for r in results}
+    teachers = [r for r in results if r["label"].startswith("teacher:")]
+    largest = max(teachers, key=lambda r: r["params"]) if teachers else None
+    rows = [(r["label"], r["params"], r["accuracy"]) for r in
+            [*teachers, by.get("student"), by.get("distilled")] if r]
+    lines = [f"# masters-distill: {cfg.run_name}", "",
+             "| model | params | test accuracy |", "|---|---:|---:|",
+             *[f"| {label} | {params:,} | {acc:.3f} |" for label, params, acc in rows], ""]
+    if largest is not None and "test/retention" in m:
+        lines.append(f"**Retention** (distilled / {largest['label']}): "
+                     f"{m['test/retention']:.3f} (initial student: "
+                     f"{m.get('test/retention_initial_student', float('nan')):.3f})")
+    if "test/gain" in m:
+        lines.append(f"**Gain** over the initial student: {m['test/gain']:+.3f}")
+    lines.append("")
+    uri = tracker.tracking_uri
+    web = uri.startswith(("http://", "https://"))  # a sqlite store has no page to link to
+    lines.append(f"- MLflow run: `{run_id}` in experiment `{cfg.tracking.experiment}`" + (
+        f" ({uri}/#/experiments/{tracker.experiment_id}/runs/{run_id})" if web else ""))
+    if registered is None:
+        lines.append("- Registry: not registered (`promotion.register` is off)")
+    else:
+        d = registered["decision"]
+        link = (f" ({uri}/#/models/{registered['name']}/versions/"
+                f"{registered['version']})" if web else "")
+        lines += [f"- Model version: `{registered['model_uri']}`{link}",
+                  f"- Promotion: **{d['decision']}** — {d['reason']}"]
+    return "\n".join(lines) + "\n"

@@ -163,6 +163,15 @@ class EvaluationConfig(Section):
     max_new_tokens: int = Field(4, ge=1)
 
 
+class PromotionConfig(Section):
+    """Registry gate: a new student version takes the `champion` alias only if it wins."""
+
+    register: bool = Field(True, description="register the distilled student in MLflow")
+    gate_metric: str = Field("test/accuracy", description="evaluation metric compared")
+    margin: float = Field(0.0, ge=0.0, description="how much the champion must be beaten by")
+    greater_is_better: bool = True
+
+
 class StorageConfig(Section):
     cache_uri: str = ".masters/cache"
     endpoint_url: str | None = None
@@ -265,6 +274,7 @@ class MastersConfig(BaseSettings):
     evaluation: EvaluationConfig = EvaluationConfig()
     storage: StorageConfig = StorageConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
 
     @model_validator(mode="after")

@@ -77,3 +77,35 @@ def evaluate_dataset(model, processor, dataset, **kwargs) -> EvalResult:
         return evaluate_arrays(
             model, processor, images, dataset["question"], dataset["answer"], task_types, **kwargs
         )
+
+
+def retention(student_accuracy: float, teacher_accuracy: float) -> float | None:
+    """Share of the teacher's accuracy the student keeps (None when the teacher scores 0)."""
+    return student_accuracy / teacher_accuracy if teacher_accuracy > 0 else None
+
+
+def summary_metrics(results: Sequence[dict], split: str = "test") -> dict[str, float]:
+    """Flow-level metrics from per-model results labelled distilled, student, teacher:<name>.
+
+    Retention is against the largest teacher (by parameters): the model the chain distils.
+    """
+    by = {r["label"]: r for r in results}
+    out: dict[str, float] = {}
+    distilled, initial = by.get("distilled"), by.get("student")
+    if distilled:
+        out[f"{split}/accuracy"] = distilled["accuracy"]
+        out.update({f"{split}/accuracy/{k}": v for k, v in sorted(distilled["per_task"].items())})
+    if initial:
+        out[f"{split}/accuracy_initial_student"] = initial["accuracy"]
+    if distilled and initial:
+        out[f"{split}/gain"] = distilled["accuracy"] - initial["accuracy"]
+    teachers = [r for r in results if r["label"].startswith("teacher:")]
+    for t in teachers:
+        out[f"{split}/accuracy_teacher/{t['label'].split(':', 1)[1]}"] = t["accuracy"]
+    if teachers:
+        largest = max(teachers, key=lambda r: r.get("params", 0))
+        for label, r in (("", distilled), ("_initial_student", initial)):
+            kept = retention(r["accuracy"], largest["accuracy"]) if r else None
+            if kept is not None:
+                out[f"{split}/retention{label}"] = kept
+    return out

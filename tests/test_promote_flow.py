@@ -1,0 +1,95 @@
+"""masters-distill registers and promotes; a failed step registers nothing; masters-promote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+import tasks.evaluate as evaluate_tasks
+import tasks.train as train_tasks
+from flows.cli import main as cli
+from flows.distill import distill_flow
+from flows.promote import promote_flow
+from masters import embedded, registry
+from masters.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+@pytest.fixture
+def overrides(tmp_path):
+    paths = {}
+    for name, seed in (("teacher", 1), ("student", 2)):
+        model, processor = embedded.build("smoke", seed=seed)
+        paths[name] = embedded.save(model, processor, tmp_path / name)
+    return [  # tests/test_distill_flow.py's smoke run
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+        f"storage.cache_uri={tmp_path / 'cache'}",
+        f"training.output_dir={tmp_path / 'train'}",
+        f"teachers=[{{name: t, path: {paths['teacher']}, r_max: 0.05}}]",
+        f"student.path={paths['student']}",
+        "masking.sweep_ratios=[0]", "data.train_size=8", "data.test_size=14",
+        "generation.shard_size=2", "generation.teacher_answers=2",
+        "generation.student_answers=2", "generation.max_new_tokens=2",
+        "training.lr=0.001", "training.batch_groups=2",
+        "tracking.registered_model=smoke-student",
+    ]
+
+
+def _versions(client, name):
+    return sorted(mv.version for mv in client.search_model_versions(f"name = '{name}'"))
+
+
+def test_distill_registers_failures_do_not_and_promote_flow(prefect_api, tmp_path,
+                                                            overrides, monkeypatch):
+    cfg = load_config(SMOKE, overrides)
+    name = cfg.tracking.registered_model
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    out = distill_flow(cfg.public_dict())
+    reg = out["registered"]
+    assert reg["version"] == "1" and reg["decision"]["decision"] == "champion"
+    assert registry.champion_version(client, name) == "1"
+    tags = client.get_model_version(name, "1").tags
+    distilled = next(r for r in out["results"] if r["label"] == "distilled")
+    assert float(tags["metrics.test/accuracy"]) == distilled["accuracy"]
+    assert json.loads(tags["masters.teachers"]) == ["t"]
+    assert tags["masters.teacher.t.r_max"] == "0.05"
+    assert json.loads(tags["masters.schedule"]) == [["t", 0.05, 4], ["t", 0.0, 4]]
+    assert json.loads(tags["masters.cache.manifests"]) == [m["manifest_uri"]
+                                                          for m in out["manifests"]]
+    assert tags["prefect.flow_run_id"] and tags["masters.git_sha"]
+    assert tags["masters.train_run_id"] == out["trained"]["mlflow_run_id"]
+    assert "test/retention" in reg["metrics"]
+    assert "Retention" in out["report"] and "models:/smoke-student/1" in out["report"]
+
+    # A failed training or evaluation step: the flow fails, nothing new is registered.
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure")
+
+    for module, attr in ((train_tasks, "run_training"),
+                         (evaluate_tasks.evaluation, "evaluate_dataset")):
+        with monkeypatch.context() as m:
+            m.setattr(module, attr, broken)
+            with pytest.raises(RuntimeError, match="injected failure"):
+                distill_flow(cfg.public_dict())
+        assert _versions(client, name) == ["1"]
+        assert registry.champion_version(client, name) == "1"
+
+    # By hand: a worse version 2 fails the gate, is made champion anyway, then rolled back.
+    worse = client.create_model_version(name, source=client.get_model_version(name, "1").source,
+                                        tags={"metrics.test/accuracy": "-1.0"})
+    gated = promote_flow(cfg.public_dict(), version=worse.version, gated=True)
+    assert gated["champion"] == "1"
+    manual = promote_flow(cfg.public_dict(), version=worse.version)
+    assert manual == {"name": name, "champion": "2", "previous": "1",
+                      "reason": "version 2 set by hand"}
+    flags = [a for o in overrides for a in ("--set", o)]
+    assert cli(["promote", "--rollback", "--config", str(SMOKE), *flags]) == 0
+    assert registry.champion_version(client, name) == "1"
+    assert cli(["promote", "--rollback", "--config", str(SMOKE), *flags]) == 1  # nothing left
