@@ -105,10 +105,13 @@ def report_markdown(cfg, results: list[dict], registered: dict | None, run_id: s
     lines = [f"# masters-distill: {cfg.run_name}", "",
              "| model | params | test accuracy |", "|---|---:|---:|",
              *[f"| {label} | {params:,} | {acc:.3f} |" for label, params, acc in rows], ""]
-    if largest is not None and "test/retention" in m:
+    if largest is not None:
+        def fmt(key):  # absent when the teacher scores 0: a ratio would mean nothing
+            return f"{m[key]:.3f}" if key in m else "n/a"
+
         lines.append(f"**Retention** (distilled / {largest['label']}): "
-                     f"{m['test/retention']:.3f} (initial student: "
-                     f"{m.get('test/retention_initial_student', float('nan')):.3f})")
+                     f"{fmt('test/retention')} (initial student: "
+                     f"{fmt('test/retention_initial_student')})")
     if "test/gain" in m:
         lines.append(f"**Gain** over the initial student: {m['test/gain']:+.3f}")
     lines.append("")

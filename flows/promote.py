@@ -43,7 +43,7 @@ def move_champion(cfg_json: dict, version: str | None, rollback: bool, gated: bo
 
 
 @flow(name="masters-promote", log_prints=True)
-def promote_flow(config: dict | None = None, version: str | None = None,
+def promote_flow(config: dict | None = None, version: str | int | None = None,
                  rollback: bool = False, gated: bool = False) -> dict:
     """Champion to `version` (by hand, or through the gate with `gated`), or roll back."""
     if rollback == (version is not None):

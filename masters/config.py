@@ -6,6 +6,7 @@ field and the value (`masters.config.ConfigError`).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -163,13 +164,19 @@ class EvaluationConfig(Section):
     max_new_tokens: int = Field(4, ge=1)
 
 
-class PromotionConfig(Section):
-    """Registry gate: a new student version takes the `champion` alias only if it wins."""
+# pydantic warns that a field named `register` shadows `ABCMeta.register`; that one lives on
+# the metaclass, so instances (cfg.promotion.register) are unaffected.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"')
 
-    register: bool = Field(True, description="register the distilled student in MLflow")
-    gate_metric: str = Field("test/accuracy", description="evaluation metric compared")
-    margin: float = Field(0.0, ge=0.0, description="how much the champion must be beaten by")
-    greater_is_better: bool = True
+    class PromotionConfig(Section):
+        """Registry gate: a new student version takes the `champion` alias only if it wins."""
+
+        register: bool = Field(True, description="register the distilled student in MLflow")
+        gate_metric: str = Field("test/accuracy", description="evaluation metric compared")
+        margin: float = Field(0.0, ge=0.0, description="how much the champion must be beaten "
+                              "by")
+        greater_is_better: bool = True
 
 
 class StorageConfig(Section):

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd  # at module level: MLflow resolves predict's type hint on the class
 
 DEFAULT_MAX_NEW_TOKENS = 4
 DEFAULT_BATCH_SIZE = 32
@@ -42,7 +43,7 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         self.max_new_tokens = int(cfg.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         self.batch_size = int(cfg.get("batch_size", DEFAULT_BATCH_SIZE))
 
-    def predict(self, context, model_input, params=None) -> list[str]:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
         from masters import models
 
         params = params or {}
@@ -103,8 +104,6 @@ def signature(max_new_tokens: int):
 
 def input_example():
     """One synthetic test image (base64 PNG) and a question about it."""
-    import pandas as pd
-
     from masters import synthetic
 
     sample = synthetic.make_sample(0, "test", 0)
@@ -126,6 +125,16 @@ def _code_dir(tmp: Path) -> Path:
     return dst
 
 
+# Models from code: MLflow stores and runs this file to build the model, so loading a
+# registered student unpickles nothing.
+MODEL_CODE = """from mlflow.models import set_model
+
+from masters.pyfunc_model import StudentModel
+
+set_model(StudentModel())
+"""
+
+
 def log_student(client, run_id: str, checkpoint_path: str | Path, *, name: str = "student",
                 model_config: dict | None = None):
     """Log the checkpoint as a pyfunc model of run `run_id`; returns MLflow's ModelInfo.
@@ -142,9 +151,11 @@ def log_student(client, run_id: str, checkpoint_path: str | Path, *, name: str =
     experiment_id = client.get_run(run_id).info.experiment_id
     logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
     with tempfile.TemporaryDirectory(prefix="masters-code-") as tmp:
+        script = Path(tmp) / "student_model.py"
+        script.write_text(MODEL_CODE)
         return Model.log(
             artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
-            model_id=logged.model_id, python_model=StudentModel(),
+            model_id=logged.model_id, python_model=str(script),
             artifacts={"ckpt": str(Path(checkpoint_path).resolve())},
             code_paths=[str(_code_dir(Path(tmp)))], pip_requirements=pip_requirements(),
             signature=signature(int(config["max_new_tokens"])), input_example=input_example(),

@@ -196,7 +196,7 @@ def promote(client, name: str, version: str | int, gate_metric: str, margin: flo
         after = _alias(client, name, CHAMPION)
         if _ver(after) == version:
             if current is not None:
-                client.set_model_version_tag(name, version, PREVIOUS, current.version)
+                client.set_model_version_tag(name, version, PREVIOUS, str(current.version))
             break
         # Someone moved it between our write and the re-read: compare with theirs.
     else:
@@ -262,7 +262,7 @@ def set_champion(client, name: str, version: str | int) -> dict:
         return {"name": name, "version": version, "previous": None, "changed": False}
     client.set_registered_model_alias(name, CHAMPION, version)
     if current is not None:
-        client.set_model_version_tag(name, version, PREVIOUS, current.version)
+        client.set_model_version_tag(name, version, PREVIOUS, str(current.version))
     client.set_model_version_tag(name, version, "promotion.manual_at",
                                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return {"name": name, "version": version, "previous": _ver(current), "changed": True}

@@ -65,7 +65,7 @@ def test_gate_idempotence_and_rollback(tracker, checkpoint):
     d2 = registry.promote(c, NAME, v2, "test/accuracy", margin=0.05)
     assert not d2["promoted"] and d2["decision"] == "challenger"
     assert _champion(tracker) == v1
-    assert c.get_model_version_by_alias(NAME, "challenger").version == v2
+    assert str(c.get_model_version_by_alias(NAME, "challenger").version) == v2
     tags = c.get_model_version(NAME, v2).tags
     assert tags["promotion.decision"] == "challenger" and tags["promotion.compared"] == v1
     assert float(tags["promotion.value"]) == 0.4
@@ -85,7 +85,7 @@ def test_gate_idempotence_and_rollback(tracker, checkpoint):
     assert registry.promote(c, NAME, v2, "test/accuracy", margin=0.0) == d2
     assert registry.promote(c, NAME, v4, "test/accuracy", margin=0.05) == d4
     assert _champion(tracker) == v4
-    assert c.get_model_version_by_alias(NAME, "challenger").version == v4
+    assert str(c.get_model_version_by_alias(NAME, "challenger").version) == v4
 
     assert registry.rollback(c, NAME)["version"] == v1 and _champion(tracker) == v1
     with pytest.raises(ValueError, match="nothing to roll back"):
