@@ -177,6 +177,9 @@ with warnings.catch_warnings():
         margin: float = Field(0.0, ge=0.0, description="how much the champion must be beaten "
                               "by")
         greater_is_better: bool = True
+        first_must_beat_initial: bool = Field(
+            True, description="with no champion yet, the first version must still beat the "
+            "initial student on the gate metric (by the margin) to become champion")
 
 
 class StorageConfig(Section):

@@ -170,7 +170,7 @@ def gate_value(client, name: str, version: str, metric: str) -> float | None:
 
 
 def promote(client, name: str, version: str | int, gate_metric: str, margin: float = 0.0,
-            greater_is_better: bool = True) -> dict:
+            greater_is_better: bool = True, baseline: float | None = None) -> dict:
     """Challenger always; champion only if the gate passes. Returns the decision.
 
     Idempotent: a version that already has a decision gets it back, and no alias moves.
@@ -185,7 +185,7 @@ def promote(client, name: str, version: str | int, gate_metric: str, margin: flo
     for _ in range(3):  # a champion that moved under us is compared again, at most twice
         current = _alias(client, name, CHAMPION)
         decision = _decide(client, name, version, value, current, gate_metric, margin,
-                           greater_is_better)
+                           greater_is_better, baseline)
         if not decision["promoted"] or decision["compared"] == version:
             break
         # Re-read immediately before the write: the comparison must be with what we replace.
@@ -212,12 +212,23 @@ def _ver(mv) -> str | None:
     return None if mv is None else str(mv.version)
 
 
-def _decide(client, name, version, value, current, metric, margin, greater) -> dict:
+def _decide(client, name, version, value, current, metric, margin, greater,
+            baseline=None) -> dict:
     d = {"name": name, "version": version, "gate_metric": metric, "value": value,
          "margin": margin, "compared": _ver(current), "champion_value": None,
          "promoted": False, "decision": CHALLENGER, "reason": ""}
     if value is None:
         d["reason"] = f"version {version} has no {metric}"
+    elif current is None and baseline is not None:
+        # No champion yet: the model we started from is the bar, so the registry never
+        # crowns a student that distillation made worse.
+        gain = value - baseline if greater else baseline - value
+        passed = gain >= margin
+        d.update(promoted=passed, decision=CHAMPION if passed else CHALLENGER,
+                 champion_value=baseline,
+                 reason=f"no champion yet; {metric} {value:.4f} vs initial student "
+                        f"{baseline:.4f}: gain {gain:+.4f} {'>=' if passed else '<'} margin "
+                        f"{margin}")
     elif current is None:
         d.update(promoted=True, decision=CHAMPION, reason="no champion yet")
     elif _ver(current) == version:

@@ -53,8 +53,12 @@ def register_and_promote(cfg_json: dict, trained: dict, results: list[dict],
                           "batch_size": cfg.evaluation.batch_size,
                           "trust_remote_code": cfg.student.trust_remote_code})
         p = cfg.promotion
+        baseline = None
+        if p.first_must_beat_initial and p.gate_metric.endswith("/accuracy"):
+            baseline = metrics.get(p.gate_metric.replace("/accuracy",
+                                                         "/accuracy_initial_student"))
         decision = registry.promote(tracker.client, name, version, p.gate_metric, p.margin,
-                                    p.greater_is_better)
+                                    p.greater_is_better, baseline)
         tracker.set_tags(run_id, {"registered_model": name, "model_version": version,
                                   "promotion.decision": decision["decision"]})
         status = "FINISHED"

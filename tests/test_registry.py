@@ -94,6 +94,18 @@ def test_gate_idempotence_and_rollback(tracker, checkpoint):
     assert registry.rollback(c, NAME)["version"] == v1
 
 
+def test_first_version_must_beat_the_initial_student(tracker, checkpoint):
+    c = tracker.client
+    worse = str(_register(tracker, checkpoint, 0.55))
+    d = registry.promote(c, NAME, worse, "test/accuracy", baseline=0.646)
+    assert not d["promoted"] and d["champion_value"] == 0.646
+    assert registry.champion_version(c, NAME) is None  # nothing crowned
+    assert str(c.get_model_version_by_alias(NAME, "challenger").version) == worse
+    better = _bare_version(tracker, 0.70)
+    assert registry.promote(c, NAME, better, "test/accuracy", baseline=0.646)["promoted"]
+    assert registry.champion_version(c, NAME) == better
+
+
 def test_lower_is_better_and_missing_metric(tracker, checkpoint):
     c = tracker.client
     v1 = _register(tracker, checkpoint, 0.3)
