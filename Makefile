@@ -22,8 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# The embedded default: shipped tiny models, synthetic data (configs/embedded.yaml).
+CONFIG ?= configs/embedded.yaml
 run: install
-	$(BIN)/masters run $(ARGS)
+	$(BIN)/masters run --config $(CONFIG) $(ARGS)
 
 test: install
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
 """The `masters` command line: thin wrappers that build the config and start a flow.
 
-    masters run        [--config FILE] [--set a.b=c ...]   evaluate the configured models
+    masters run        [--config FILE] [--set a.b=c ...]   the main job (= masters distill)
+    masters evaluate   [--config FILE] [--set ...]         evaluate student and teachers only
     masters bootstrap  [--only NAME ...]                   train the embedded models
     masters distill    [--config FILE] [--set ...]         prune, generate, score, train, eval
     masters prune      [--config FILE] [--set ...]         threshold tables of the teachers
@@ -35,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sp
 
-    with_config(sub.add_parser("run", help="run the main job on the configured models"))
+    r = with_config(sub.add_parser("run", help="the main job: masters-distill (prune, "
+                                   "generate, score, train, evaluate, register)"))
+    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    with_config(sub.add_parser("evaluate", help="evaluate the student and teachers only"))
     b = with_config(sub.add_parser("bootstrap", help="train the embedded models from scratch"))
     b.add_argument("--only", action="append", help="bootstrap only this model (repeatable)")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -108,11 +112,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(m['shards'])} shards ({m['cached']} cached, {m['new']} new), "
                   f"{m['answers']} answers -> {m['manifest_uri']}")
         return 0
-    if args.command == "distill":
+    if args.command in ("distill", "run"):
         from flows.distill import distill_flow
 
         out = distill_flow(cfg.public_dict(), progress=not args.no_progress)
         print(out["table"])
+        from masters.evaluation import summary_metrics
+
+        m = summary_metrics(out["results"])
+        if "test/retention" in m:
+            print(f"initial student {m['test/accuracy_initial_student']:.3f} -> distilled "
+                  f"{m['test/accuracy']:.3f} ({m['test/gain']:+.3f}); retention of the largest "
+                  f"teacher's accuracy: {m['test/retention_initial_student']:.3f} -> "
+                  f"{m['test/retention']:.3f}")
         print(f"distilled student: {out['trained']['student_path']}")
         if out["registered"]:
             reg = out["registered"]
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out['name']}: champion version {out['previous'] or 'none'} -> "
               f"{out['champion']} ({out['reason']})")
         return 0
-    if args.command == "run":
+    if args.command == "evaluate":
         from flows.evaluate import evaluate_flow
 
         summary = evaluate_flow(cfg.public_dict())
