@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import generation, masking
+from benchmarks import generation, masking, training
 
-SECTIONS = {"masking": masking, "generation": generation}
+SECTIONS = {"masking": masking, "generation": generation, "training": training}
 
 
 def machine() -> str:

@@ -1,0 +1,85 @@
+"""Training step cost on the embedded models: time per step and peak memory (RSS).
+
+One Masters step = a teacher forward (no grad), a reference forward (no grad), a student
+forward + backward and an AdamW step, on `batch_groups` questions x 8 answers.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+from masters import models, synthetic, training
+from masters.config import TrainingConfig
+from masters.schedule import Stage
+
+
+def _groups(processor, n: int):
+    tok = processor.tokenizer
+    out = []
+    for i in range(n):
+        s = synthetic.make_sample(0, "train", i)
+        ids = tok.convert_tokens_to_ids(s.answer.split()) + [tok.eos_token_id]
+        out.append(training.Group(s.id, s.image, s.question, [ids] * 8, [1.0, 0.0] * 4))
+    return out
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def run(steps: int = 30) -> dict:
+    """In a fresh process: peak RSS is per process, and earlier sections load bigger models."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.training", str(steps)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(steps: int) -> dict:
+    rss_start = _rss_mb()
+    teacher, _ = models.load("embedded:large")
+    student, processor = models.load("embedded:student")
+    cfg = TrainingConfig(lr=1e-5, batch_groups=4)
+    trainer = training.MastersTrainer(student, processor, cfg)
+    trainer.setup()
+    stage = Stage(0, "large", "embedded:large", 0.0, 0, steps * 4)
+    groups = _groups(processor, steps * cfg.batch_groups)
+    rss_loaded = _rss_mb()
+    times = []
+    for i in range(steps):
+        batch = groups[i * cfg.batch_groups : (i + 1) * cfg.batch_groups]
+        t0 = time.perf_counter()
+        trainer.loss_step(batch, teacher.eval(), stage)
+        times.append(time.perf_counter() - t0)
+    return {"steps": steps, "batch_groups": cfg.batch_groups, "answers_per_step": 32,
+            "step_s_median": statistics.median(times[3:]),
+            "rss_start_mb": rss_start, "rss_models_loaded_mb": rss_loaded,
+            "rss_peak_mb": _rss_mb()}
+
+
+def markdown(r: dict) -> str:
+    return "\n".join([
+        "Embedded student (0.23M) trained against the embedded large teacher (1.5M): teacher "
+        "and reference forwards without gradients, student forward + backward + AdamW.",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        f"| time per step ({r['batch_groups']} questions x 8 answers), median of "
+        f"{r['steps'] - 3} | {1000 * r['step_s_median']:.0f} ms |",
+        f"| peak RSS of the process (Python + torch + both models + optimizer) | "
+        f"{r['rss_peak_mb']:.0f} MB |",
+        f"| RSS before loading / after loading the models | {r['rss_start_mb']:.0f} MB / "
+        f"{r['rss_models_loaded_mb']:.0f} MB |",
+    ])
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(measure(int(sys.argv[1]))))
