@@ -25,10 +25,13 @@ $(VENV)/.installed: pyproject.toml
 # The embedded default: shipped tiny models, synthetic data (configs/embedded.yaml).
 CONFIG ?= configs/embedded.yaml
 run: install
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/masters run --config $(CONFIG) $(ARGS)
 
+PYTEST_ARGS ?= -q
 test: install
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	mkdir -p $(PREFECT_HOME)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

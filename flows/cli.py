@@ -1,7 +1,7 @@
 """The `masters` command line: thin wrappers that build the config and start a flow.
 
     masters run        [--config FILE] [--set a.b=c ...]   the main job (= masters distill)
-    masters evaluate   [--config FILE] [--set ...]         evaluate student and teachers only
+    masters evaluate   [--config FILE] [--suite NAME]      evaluate student and teachers only
     masters bootstrap  [--only NAME ...]                   train the embedded models
     masters distill    [--config FILE] [--set ...]         prune, generate, score, train, eval
     masters prune      [--config FILE] [--set ...]         threshold tables of the teachers
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     r = with_config(sub.add_parser("run", help="the main job: masters-distill (prune, "
                                    "generate, score, train, evaluate, register)"))
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    with_config(sub.add_parser("evaluate", help="evaluate the student and teachers only"))
+    ev = with_config(sub.add_parser("evaluate", help="evaluate the student and teachers only"))
+    ev.add_argument("--suite", help="evaluation suite: a name in configs/suites/ or a YAML "
+                    "file (sets evaluation.suite)")
     b = with_config(sub.add_parser("bootstrap", help="train the embedded models from scratch"))
     b.add_argument("--only", action="append", help="bootstrap only this model (repeatable)")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from masters.config import ConfigError, load_config
 
     args = _parser().parse_args(argv)
+    if getattr(args, "suite", None):
+        args.overrides.append(f"evaluation.suite={args.suite}")
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -147,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "evaluate":
         from flows.evaluate import evaluate_flow
+        from masters import suites
+
+        if cfg.evaluation.suite:  # a broken suite file is reported before any model loads
+            try:
+                suites.load(cfg.evaluation.suite)
+            except suites.SuiteError as exc:
+                print(f"masters: {exc}", file=sys.stderr)
+                return 2
 
         summary = evaluate_flow(cfg.public_dict())
         print(summary["table"])

@@ -21,6 +21,8 @@ steps pass cache keys and paths, never models.
    `challenger`, and `champion` only if it beats the current champion on the gate metric
    (docs/registry.md). Reached only when every step before it succeeded.
 
+Evaluation results also go to Prefect as a table artifact and to MLflow as a grouped bar chart
+(`plots/accuracy_by_task.png`); the train run holds the loss and reward curves.
 The run ends with a markdown report in Prefect (and in MLflow as `report.md`): teacher,
 student before and after, retention, the promotion decision, and where to find it all.
 """
@@ -28,11 +30,11 @@ student before and after, retention, the promotion decision, and where to find i
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.evaluate import format_table
 from flows.generate import generate_flow
-from masters import evaluation
+from masters import evaluation, plots
 from masters.config import from_public
 from masters.tracking import Tracker
 from tasks.common import flow_run_tags
@@ -75,6 +77,7 @@ def distill_flow(config: dict | None = None, progress: bool = False) -> dict:
         table = format_table(results)
         tracker.log_metrics(parent, evaluation.summary_metrics(results))
         tracker.log_text(parent, table, "accuracy.md")
+        log_evaluation_artifacts(tracker, parent, results)
         logger.info("held-out accuracy:\n%s", table)
         # 6. A new registry version; challenger always, champion only through the gate.
         registered = None
@@ -91,6 +94,20 @@ def distill_flow(config: dict | None = None, progress: bool = False) -> dict:
     return {"table": table, "results": results, "trained": trained, "manifests": manifests,
             "scores": scores, "tables": tables, "mlflow_run_id": parent,
             "registered": registered, "report": report}
+
+
+def log_evaluation_artifacts(tracker, run_id: str, results: list[dict]) -> None:
+    """The evaluation for a human: a Prefect table and a bar chart per model and task type."""
+    types = sorted({k for r in results for k in r["per_task"]})
+    create_table_artifact(
+        key="distill-accuracy",
+        table=[{"model": r["label"], "params": r["params"], "accuracy": round(r["accuracy"], 4),
+                **{k: round(r["per_task"].get(k, float("nan")), 4) for k in types}}
+               for r in results],
+        description="held-out accuracy of every model, overall and per task type")
+    fig = plots.accuracy_by_model(results, "held-out accuracy by task type")
+    tracker.log_figure(run_id, fig, "plots/accuracy_by_task.png")
+    plots.close(fig)
 
 
 def report_markdown(cfg, results: list[dict], registered: dict | None, run_id: str,

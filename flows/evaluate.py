@@ -3,7 +3,9 @@
 Before distilling, know the gap. This flow evaluates the configured student and every
 teacher of the chain on the held-out split with greedy decoding and the exact-match scorer,
 per task type, and logs each to MLflow as a child run of one parent run. It is what
-`make run` shows on the embedded default.
+`make run` shows on the embedded default. With `evaluation.suite` set (`masters evaluate
+--suite NAME`), every task of that suite file is evaluated with its own scorer instead
+(docs/evaluation.md), and a second table gives accuracy and abstain rate per suite task.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def evaluate_flow(config: dict | None = None, split: str = "test") -> dict:
     cfg = from_public(config)
     tracker = Tracker(cfg.tracking)
     parent = tracker.start_run(f"evaluate-{split}", tags=flow_run_tags())
-    tracker.log_params(parent, {"data": cfg.public_dict()["data"], "split": split})
+    tracker.log_params(parent, {"data": cfg.public_dict()["data"], "split": split,
+                                "suite": cfg.evaluation.suite or ""})
     status = "FAILED"
     try:
         targets = [("student", cfg.student.path, cfg.student.trust_remote_code)]
@@ -32,6 +35,10 @@ def evaluate_flow(config: dict | None = None, split: str = "test") -> dict:
                    for label, path, trc in targets]
         table = format_table(results)
         tracker.log_text(parent, table, "accuracy.md")
+        if any("suite_tasks" in r for r in results):
+            by_task = format_suite_table(results)
+            tracker.log_text(parent, by_task, "suite.md")
+            table += "\n\n" + by_task
         status = "FINISHED"
     finally:
         tracker.end_run(parent, status)
@@ -62,3 +69,14 @@ def format_table(results: list[dict]) -> str:
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(head), sep, *[line(r) for r in rows]])
+
+
+def format_suite_table(results: list[dict]) -> str:
+    """Markdown table: one row per model, accuracy (abstain rate) per suite task."""
+    names = list(dict.fromkeys(k for r in results for k in r.get("suite_tasks", {})))
+    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for r in results:
+        cells = [f"{t['accuracy']:.3f} ({t['abstain_rate']:.0%} abstain)" if t else "-"
+                 for t in (r.get("suite_tasks", {}).get(n) for n in names)]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

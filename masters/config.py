@@ -162,6 +162,8 @@ class TrainingConfig(Section):
 class EvaluationConfig(Section):
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(4, ge=1)
+    suite: str | None = Field(None, description="suite name (configs/suites/<name>.yaml) or "
+                              "YAML path; None: data.<split> scored by exact match")
 
 
 # pydantic warns that a field named `register` shadows `ABCMeta.register`; that one lives on

@@ -109,3 +109,52 @@ def summary_metrics(results: Sequence[dict], split: str = "test") -> dict[str, f
             if kept is not None:
                 out[f"{split}/retention{label}"] = kept
     return out
+
+
+def predict_arrays(model, processor, images: Sequence[np.ndarray], questions: Sequence[str], *,
+                   batch_size: int = 64, max_new_tokens: int = 4,
+                   progress: bool = False) -> list[str]:
+    """Greedy answers only: suites score them with their own scorer."""
+    normalizer = models.PixelNormalizer.from_processor(processor)
+    preds: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(questions), batch_size), desc="evaluate",
+                              disable=not progress, leave=False):
+                sl = slice(start, start + batch_size)
+                preds += models.greedy_answers(model, processor, questions[sl],
+                                               normalizer(images[sl]), max_new_tokens)
+    finally:
+        if was_training:
+            model.train()
+    return preds
+
+
+@dataclass
+class ScoredResult(EvalResult):
+    """EvalResult of a rule-based scorer: abstentions (None) count as wrong, and are reported."""
+
+    abstain_rate: float = 0.0
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        return {**super().as_metrics(prefix), f"{prefix}abstain_rate": self.abstain_rate}
+
+
+def score_predictions(preds: Sequence[str], answers: Sequence[str], task_types: Sequence[str],
+                      scorer: str = "exact_match", **scorer_kwargs) -> ScoredResult:
+    """Accuracy of predictions under any scorer of masters.rewards (partial credit kept)."""
+    from masters import rewards
+
+    scores = rewards.get_scorer(scorer)(list(preds), list(answers), **scorer_kwargs)
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for s, t in zip(scores, task_types, strict=True):
+        by_type[t].append(0.0 if s is None else float(s))
+    n = len(scores)
+    return ScoredResult(
+        accuracy=float(np.mean([v for vs in by_type.values() for v in vs])) if n else 0.0,
+        per_task={k: float(np.mean(v)) for k, v in by_type.items()},
+        n=n, predictions=list(preds),
+        abstain_rate=sum(s is None for s in scores) / n if n else 0.0,
+    )

@@ -92,3 +92,51 @@ def reward_histogram(scored, title: str):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def stage_starts(history: dict[str, list[tuple[int, float]]]) -> list[tuple[int, int]]:
+    """(first step, stage index) of every stage, from the logged `stage` metric."""
+    out: list[tuple[int, int]] = []
+    for step, value in sorted(history.get("stage", [])):
+        if not out or out[-1][1] != int(value):
+            out.append((step, int(value)))
+    return out
+
+
+def step_curves(history: dict[str, list[tuple[int, float]]], keys: Sequence[str], title: str,
+                ylabel: str):
+    """Metrics per optimizer step, a dashed line where each stage (teacher, ratio) begins:
+    a jump in the loss at a boundary is the new teacher, not instability."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in keys:
+        points = sorted(history.get(key, []))
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=".", lw=1.2, label=key)
+    for step, index in stage_starts(history):
+        ax.axvline(step, color="grey", ls="--", lw=0.8)
+        ax.annotate(f"stage {index}", (step, 1), xycoords=("data", "axes fraction"),
+                    fontsize=7, rotation=90, va="top", ha="right", color="grey")
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_by_model(results: Sequence[dict], title: str = "accuracy by task type"):
+    """Grouped bars: for each task type, one bar per model (teachers, student, distilled)."""
+    types = ["all", *sorted({k for r in results for k in r["per_task"]} - {"all"})]
+    width = 0.8 / max(1, len(results))
+    fig, ax = plt.subplots(figsize=(max(6, len(types) * 0.9), 4))
+    for i, r in enumerate(results):
+        values = [r["accuracy"] if t == "all" else r["per_task"].get(t, float("nan"))
+                  for t in types]
+        ax.bar([j + i * width for j in range(len(types))], values, width, label=r["label"])
+    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(types))])
+    ax.set_xticklabels(types, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="accuracy", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -141,6 +141,7 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
             processor.save_pretrained(final)
             tracker.set_tags(run_id, {"student_path": str(final.resolve())})
             tracker.log_dict(run_id, result, "training_summary.json")
+            log_training_plots(tracker, run_id, log)
         distributed.barrier()
         status = "FINISHED"
     finally:
@@ -152,6 +153,31 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
     return {"student_path": str(final.resolve()), "train_key": key, "steps": result["steps"],
             "stages": result["stages"], "resumed_after": result["resumed_after"],
             "mlflow_run_id": run_id}
+
+
+LOSS_KEYS = ("loss/loss", "loss/grpo", "loss/kl", "loss/jsd", "loss/sft")
+REWARD_KEYS = ("reward/accuracy", "reward/distill", "reward/divergence")
+
+
+def log_training_plots(tracker, run_id: str, log=None) -> None:
+    """Loss and reward curves from what the trainer logged, read back from MLflow so the
+    figure shows exactly the recorded numbers. A figure is a convenience: failing to draw one
+    must not fail a finished training run, so errors are logged and swallowed."""
+    from masters import plots
+
+    try:
+        keys = (*LOSS_KEYS, *REWARD_KEYS, "stage")
+        history = {k: [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, k)]
+                   for k in keys}
+        for keys_, name, title, ylabel in (
+                (LOSS_KEYS, "loss_curves", "training losses", "loss"),
+                (REWARD_KEYS, "rewards", "mean reward per step", "reward")):
+            fig = plots.step_curves(history, keys_, title, ylabel)
+            tracker.log_figure(run_id, fig, f"plots/{name}.png")
+            plots.close(fig)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        if log is not None:
+            log.warning("could not plot the training curves: %s", exc)
 
 
 @task(name="train-student", log_prints=False)

@@ -66,6 +66,12 @@ def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch
     assert [h.value for h in history] == [0.05, 0.05, 0.0, 0.0]
     for name in ("loss/grpo", "loss/kl", "loss/jsd", "reward/distill"):
         assert len(client.get_metric_history(runs["train"].info.run_id, name)) == 4
+    # Figures for people: training curves on the train run, accuracy bars on the parent.
+    def pngs(run):
+        return {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+
+    assert pngs(runs["train"]) == {"plots/loss_curves.png", "plots/rewards.png"}
+    assert pngs(runs["distill-smoke"]) == {"plots/accuracy_by_task.png"}
 
     # A re-run does no scoring and no training work: everything is cached or checkpointed.
     def no_scoring(*a, **k):
