@@ -26,7 +26,15 @@ def _groups(processor, n: int):
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    """Peak RSS so far. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child
+    started by a big parent would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(steps: int = 30) -> dict:

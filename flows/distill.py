@@ -66,6 +66,9 @@ def distill_flow(config: dict | None = None, progress: bool = False) -> dict:
                                       progress=progress)
             # 3. Accuracy rewards.
             scores = [score_stage(public, m, parent) for m in manifests]
+            fig = plots.accuracy_by_stage(scores)
+            tracker.log_figure(parent, fig, "plots/accuracy_by_stage.png")
+            plots.close(fig)
         # 4. One training run over all stages.
         trained = train_student(public, manifests, scores, tables, parent)
         # 5. Held-out accuracy: distilled vs initial student vs teachers.

@@ -140,3 +140,28 @@ def accuracy_by_model(results: Sequence[dict], title: str = "accuracy by task ty
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def accuracy_by_stage(scores: Sequence[dict], title: str = "accuracy of generated answers"):
+    """Mean accuracy reward per stage, one line per answer source (masked teacher, student).
+
+    Each stage is one teacher at one mask ratio: the curve shows how good the answers the
+    student learns from are as the teacher is restored and the chain moves up.
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    labels = [f"{s['teacher']}@{s['ratio']:g}" for s in scores]
+    series: dict[str, list[float]] = {}
+    for i, s in enumerate(scores):
+        for key, value in s["stats"].items():
+            if key.startswith("accuracy_reward/"):
+                source = "student" if key.split("/", 1)[1].startswith("student@") else "teacher"
+                series.setdefault(source, [float("nan")] * len(scores))[i] = value
+    for source, values in sorted(series.items()):
+        ax.plot(range(len(scores)), values, marker="o", label=f"{source} answers")
+    ax.set_xticks(range(len(scores)))
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+    ax.set(ylabel="mean accuracy reward", title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

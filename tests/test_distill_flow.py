@@ -71,7 +71,8 @@ def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch
         return {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
 
     assert pngs(runs["train"]) == {"plots/loss_curves.png", "plots/rewards.png"}
-    assert pngs(runs["distill-smoke"]) == {"plots/accuracy_by_task.png"}
+    assert pngs(runs["distill-smoke"]) == {"plots/accuracy_by_task.png",
+                                           "plots/accuracy_by_stage.png"}
 
     # A re-run does no scoring and no training work: everything is cached or checkpointed.
     def no_scoring(*a, **k):
