@@ -80,18 +80,15 @@ def hf_text_generator(model, processor, max_new_tokens: int = 64) -> TextGenerat
     """Greedy text-only replies from an image-text-to-text model (the judge: a teacher)."""
     import torch
 
+    from masters import models
+
     tok = processor.tokenizer
 
     def generate(prompts: list[str]) -> list[str]:
         texts = [processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "text", "text": p}]}],
             tokenize=False, add_generation_prompt=True) for p in prompts]
-        old = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-        finally:
-            tok.padding_side = old
+        enc = models.tokenize_left_padded(tok, texts)
         device = next(model.parameters()).device
         with torch.no_grad():
             out = model.generate(**{k: v.to(device) for k, v in enc.items()},

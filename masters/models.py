@@ -196,18 +196,22 @@ def encode_for_training(
     }
 
 
+def tokenize_left_padded(tok, texts: Sequence[str]):
+    """Left padding for `generate` (it appends on the right), restoring the tokenizer after."""
+    old = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        return tok(list(texts), add_special_tokens=False, padding=True, return_tensors="pt")
+    finally:
+        tok.padding_side = old
+
+
 def encode_for_generation(
     processor, questions: Sequence[str], pixel_values: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """Left-padded prompts (generation appends on the right)."""
-    tok = processor.tokenizer
     prompts = [_expand_image_tokens(processor, prompt_text(processor, q)) for q in questions]
-    old = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
-    finally:
-        tok.padding_side = old
+    enc = tokenize_left_padded(processor.tokenizer, prompts)
     return {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],

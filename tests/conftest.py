@@ -50,3 +50,36 @@ def moto_s3():
                      aws_secret_access_key="fake-secret").create_bucket(Bucket="masters-gen")
         yield endpoint, "masters-gen"
         server.stop()
+
+
+def save_smoke_models(folder, seeds: dict[str, int]) -> dict:
+    """Random smoke-sized LLaVA checkpoints, saved like real ones: {name: path}."""
+    from masters import embedded
+
+    out = {}
+    for name, seed in seeds.items():
+        model, processor = embedded.build("smoke", seed=seed)
+        out[name] = embedded.save(model, processor, folder / name)
+    return out
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    """A smoke teacher and student."""
+    return save_smoke_models(tmp_path, {"teacher": 1, "student": 2})
+
+
+def smoke_distill_overrides(tmp_path, paths) -> list[str]:
+    """The tiny distill run the flow tests share: 2 stages of 4 questions, 2 + 2 answers."""
+    return [
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
+        f"storage.cache_uri={tmp_path / 'cache'}",
+        f"training.output_dir={tmp_path / 'train'}",
+        f"teachers=[{{name: t, path: {paths['teacher']}, r_max: 0.05}}]",
+        f"student.path={paths['student']}",
+        "masking.sweep_ratios=[0]", "data.train_size=8", "data.test_size=14",
+        "generation.shard_size=2", "generation.teacher_answers=2",
+        "generation.student_answers=2", "generation.max_new_tokens=2",
+        "training.lr=0.001", "training.batch_groups=2",
+    ]

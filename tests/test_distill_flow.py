@@ -4,39 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from conftest import smoke_distill_overrides
 from mlflow import MlflowClient
 
 import tasks.score as score_tasks
 from flows.distill import distill_flow
-from masters import cache, embedded, rewards
+from masters import cache, rewards
 from masters.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def checkpoints(tmp_path):
-    out = {}
-    for name, seed in (("teacher", 1), ("student", 2)):
-        model, processor = embedded.build("smoke", seed=seed)
-        out[name] = embedded.save(model, processor, tmp_path / name)
-    return out
-
-
 def _cfg(tmp_path, paths):
-    return load_config(ROOT / "configs" / "smoke.yaml", [
-        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
-        f"storage.cache_uri={tmp_path / 'cache'}",
-        f"training.output_dir={tmp_path / 'train'}",
-        f"teachers=[{{name: t, path: {paths['teacher']}, r_max: 0.05}}]",
-        f"student.path={paths['student']}",
-        "masking.sweep_ratios=[0]", "data.train_size=8", "data.test_size=14",
-        "generation.shard_size=2", "generation.teacher_answers=2",
-        "generation.student_answers=2", "generation.max_new_tokens=2",
-        "training.lr=0.001", "training.batch_groups=2",
-    ])
+    return load_config(ROOT / "configs" / "smoke.yaml", smoke_distill_overrides(tmp_path, paths))
 
 
 def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch):

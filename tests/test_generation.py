@@ -247,15 +247,6 @@ def _file_digest(folder: Path) -> str:
     return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def checkpoints(tmp_path):
-    out = {}
-    for name, seed in (("teacher", 1), ("student", 2)):
-        model, processor = embedded.build("smoke", seed=seed)
-        out[name] = embedded.save(model, processor, tmp_path / name)
-    return out
-
-
 def _flow_overrides(tmp_path, paths, cache_uri) -> list[str]:
     # Two stages (ratio 0.05, then 0) of 4 questions each, 2 shards per stage.
     return [

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import smoke_distill_overrides
 from mlflow import MlflowClient
 
 import tasks.evaluate as evaluate_tasks
@@ -13,7 +14,7 @@ import tasks.train as train_tasks
 from flows.cli import main as cli
 from flows.distill import distill_flow
 from flows.promote import promote_flow
-from masters import embedded, registry
+from masters import registry
 from masters.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,24 +22,9 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
 @pytest.fixture
-def overrides(tmp_path):
-    paths = {}
-    for name, seed in (("teacher", 1), ("student", 2)):
-        model, processor = embedded.build("smoke", seed=seed)
-        paths[name] = embedded.save(model, processor, tmp_path / name)
-    return [  # tests/test_distill_flow.py's smoke run
-        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
-        f"storage.cache_uri={tmp_path / 'cache'}",
-        f"training.output_dir={tmp_path / 'train'}",
-        f"teachers=[{{name: t, path: {paths['teacher']}, r_max: 0.05}}]",
-        f"student.path={paths['student']}",
-        "masking.sweep_ratios=[0]", "data.train_size=8", "data.test_size=14",
-        "generation.shard_size=2", "generation.teacher_answers=2",
-        "generation.student_answers=2", "generation.max_new_tokens=2",
-        "training.lr=0.001", "training.batch_groups=2",
-        "tracking.registered_model=smoke-student",
-    ]
+def overrides(tmp_path, checkpoints):
+    return [*smoke_distill_overrides(tmp_path, checkpoints),
+            "tracking.registered_model=smoke-student"]
 
 
 def _versions(client, name):

@@ -8,12 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import save_smoke_models
 from mlflow import MlflowClient
 
 import tasks.prune as prune_tasks
 from flows import cli
 from flows.prune import prune_flow
-from masters import cache, embedded
+from masters import cache
 from masters.config import load_config
 from masters.masking import ThresholdTable
 
@@ -22,11 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def teachers(tmp_path):
-    out = {}
-    for name, seed in (("small", 1), ("big", 2)):
-        model, processor = embedded.build("smoke", seed=seed)
-        out[name] = embedded.save(model, processor, tmp_path / name)
-    return out
+    return save_smoke_models(tmp_path, {"small": 1, "big": 2})
 
 
 def _cfg(tmp_path, teachers, *extra):

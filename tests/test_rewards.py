@@ -217,3 +217,14 @@ def test_standalone_distillation_scores_match_a_per_answer_loop():
         hi, lo = max(d), min(d)
         # float32 batching noise, amplified by the min-max division: 1e-3 is still tight
         assert scores == pytest.approx([(hi - x) / (hi - lo) for x in d], abs=1e-3)
+
+
+def test_hf_judge_generator_runs_text_only_on_a_real_model():
+    from masters import embedded
+
+    model, processor = embedded.build("smoke", seed=7)
+    generate = judge.hf_text_generator(model.eval(), processor, max_new_tokens=3)
+    replies = generate(["is red the same as red ?", "is 5 the same as five ?"])
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    scores = judge.judge_scores(generate, ["q ?"], ["red"], ["red"])
+    assert scores[0] in (None, 0.0, 1.0)  # a random judge abstains or answers, never crashes
