@@ -329,14 +329,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
-    return _listify(out)
-
-
-def _listify(node: Any) -> Any:
-    """{'0': {...}} from `teachers.0.r_max=...` becomes a list-index patch, applied later."""
-    if isinstance(node, dict):
-        return {k: _listify(v) for k, v in node.items()}
-    return node
+    # {'0': {...}} from `teachers.0.r_max=...` stays a dict: load_config applies it as a
+    # list-index patch.
+    return out
 
 
 def _merge(base: Any, patch: Any) -> Any:

@@ -67,16 +67,23 @@ def evaluate_arrays(
     )
 
 
-def evaluate_dataset(model, processor, dataset, **kwargs) -> EvalResult:
-    """Evaluate on a `datasets.Dataset` with columns image, question, answer, task_type."""
-    images = [np.asarray(img.convert("RGB")) for img in dataset["image"]]
+def dataset_images(dataset) -> list[np.ndarray]:
+    """The image column as RGB uint8 arrays, what the model-input code takes."""
+    return [np.asarray(img.convert("RGB")) for img in dataset["image"]]
+
+
+def dataset_arrays(dataset) -> tuple[list, list, list, list]:
+    """(images, questions, answers, task_types) of a canonical dataset, for evaluate_arrays."""
     task_types = dataset["task_type"] if "task_type" in dataset.column_names else ["all"] * len(
         dataset
     )
+    return dataset_images(dataset), dataset["question"], dataset["answer"], task_types
+
+
+def evaluate_dataset(model, processor, dataset, **kwargs) -> EvalResult:
+    """Evaluate on a `datasets.Dataset` with columns image, question, answer, task_type."""
     with torch.inference_mode():
-        return evaluate_arrays(
-            model, processor, images, dataset["question"], dataset["answer"], task_types, **kwargs
-        )
+        return evaluate_arrays(model, processor, *dataset_arrays(dataset), **kwargs)
 
 
 def retention(student_accuracy: float, teacher_accuracy: float) -> float | None:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -170,8 +169,8 @@ def evaluate(model, processor, suite: Suite, *, batch_size: int = 64, max_new_to
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for task in suite.tasks:
         ds = load_task(task)
-        images = [np.asarray(img.convert("RGB")) for img in ds["image"]]
-        preds = evaluation.predict_arrays(model, processor, images, ds["question"],
+        preds = evaluation.predict_arrays(model, processor, evaluation.dataset_images(ds),
+                                          ds["question"],
                                           batch_size=batch_size, max_new_tokens=max_new_tokens,
                                           progress=progress)
         kwargs = dict(task.scorer_kwargs)

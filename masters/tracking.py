@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -92,16 +91,23 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.log_metric_steps(run_id, [(metrics, step)])
+
+    def log_metric_steps(
+        self, run_id: str, entries: Iterable[tuple[Mapping[str, float], int]]
+    ) -> None:
+        """(metrics, step) pairs in as few calls as MLflow allows; None and non-finite skipped."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [
             Metric(_metric_key(k), float(v), now, step)
+            for metrics, step in entries
             for k, v in metrics.items()
             if v is not None and math.isfinite(float(v))
         ]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i : i + 500])
+        for i in range(0, len(items), 900):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(run_id, metrics=items[i : i + 900])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
@@ -143,19 +149,5 @@ class BufferedMetrics:
             self.flush()
 
     def flush(self) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [
-            Metric(_metric_key(k), float(v), now, step)
-            for metrics, step in self._buffer
-            for k, v in metrics.items()
-            if math.isfinite(float(v))
-        ]
-        for i in range(0, len(items), 900):
-            self.tracker.client.log_batch(self.run_id, metrics=items[i : i + 900])
+        self.tracker.log_metric_steps(self.run_id, self._buffer)
         self._buffer.clear()
-
-
-def temp_dir():
-    return tempfile.TemporaryDirectory(prefix="masters-")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from masters import bootstrap, cache, mask_sweep, models, plots
+from masters import bootstrap, cache, data, evaluation, mask_sweep, models, plots
 from masters.config import from_public
 from masters.masking import MaskScope, ThresholdTable, compute_thresholds
 from masters.tracking import Tracker
@@ -84,7 +84,8 @@ def sweep_teacher(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> 
     table = ThresholdTable.from_dict(cache.get_json(cache.open_store(cfg.storage),
                                                     manifest["key"]))
     eval_data = bootstrap.eval_arrays(cfg.data.seed, "test", cfg.data.test_size) \
-        if cfg.data.source == "synthetic" else _dataset_arrays(cfg)
+        if cfg.data.source == "synthetic" else evaluation.dataset_arrays(
+            data.load_split(cfg.data, "test"))
     rows = mask_sweep.accuracy_vs_ratio(
         model, processor, table, cfg.masking.sweep_ratios, eval_data,
         batch_size=cfg.evaluation.batch_size, max_new_tokens=cfg.evaluation.max_new_tokens)
@@ -110,12 +111,3 @@ def sweep_teacher(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> 
                              markdown=f"# Mask sweep of `{t.name}`\n\n{text}\n")
     return {"teacher": t.name, "rows": rows, "table": text}
 
-
-def _dataset_arrays(cfg):
-    import numpy as np
-
-    from masters import data
-
-    ds = data.load_split(cfg.data, "test")
-    return ([np.asarray(im.convert("RGB")) for im in ds["image"]], ds["question"],
-            ds["answer"], ds["task_type"])
