@@ -93,7 +93,8 @@ def train(
     step, elapsed = 0, 0.0
     state_path = out_dir / "state.pt"
     if state_path.exists():
-        state = torch.load(state_path, map_location=dev, weights_only=False)
+        # weights_only: tensors and plain containers; a planted pickle runs no code.
+        state = torch.load(state_path, map_location=dev, weights_only=True)
         if _trajectory(state["spec"]) != _trajectory(asdict(spec)):
             raise ValueError(f"{state_path} was written by another spec; delete it to restart")
         model.load_state_dict(state["model"])

@@ -54,6 +54,9 @@ def _load_raw(cfg: DataConfig, split: str):
     except DataError:
         raise
     except (FileNotFoundError, ValueError) as exc:
+        if "corresponds to no data" in str(exc):  # datasets' words for a file with no rows
+            raise DataError(f"split {split!r} of data.path {cfg.path!r} is empty (no rows)"
+                            ) from exc
         raise DataError(f"cannot load split {split!r} from data.path {cfg.path!r}: {exc}") from exc
     except Exception as exc:  # network/hub errors are many types; name the setting
         raise DataError(f"cannot load split {split!r} from data.path {cfg.path!r}: "
@@ -126,16 +129,53 @@ def _check_rows(ds, split: str) -> None:
 
 
 def _check_image(raw, row: int, split: str) -> None:
-    import io
-
     from PIL import Image, UnidentifiedImageError
 
     try:
-        if raw.get("bytes"):
-            Image.open(io.BytesIO(raw["bytes"])).verify()
-        elif raw.get("path"):
-            Image.open(raw["path"]).verify()
-        else:
-            raise DataError(f"row {row} of split {split!r}: image has neither bytes nor path")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        with _open_image(raw, row, split) as im:
+            im.verify()
+    except Image.DecompressionBombError as exc:  # a few KB that decode to gigabytes
+        raise DataError(f"row {row} of split {split!r}: image refused as a decompression "
+                        f"bomb ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"row {row} of split {split!r}: unreadable image ({exc})") from exc
+
+
+def _open_image(raw, row: int, split: str):
+    import io
+
+    from PIL import Image
+
+    if raw.get("bytes"):
+        return Image.open(io.BytesIO(raw["bytes"]))
+    if raw.get("path"):
+        return Image.open(raw["path"])
+    raise DataError(f"row {row} of split {split!r}: image has neither bytes nor path")
+
+
+def image_sizes(ds, split: str, *, decode: bool = False) -> list[tuple[int, int]]:
+    """(width, height) of every image of a canonical split, from the headers.
+
+    `decode=True` also decodes every pixel once (the check `load_split` leaves out for speed:
+    `verify` does not catch every truncated JPEG); a failure names the row.
+    """
+    import datasets
+    from PIL import Image, UnidentifiedImageError
+
+    sizes = []
+    for i, raw in enumerate(ds.cast_column("image", datasets.Image(decode=False))["image"]):
+        try:
+            with _open_image(raw, i, split) as im:
+                if decode:
+                    im.load()
+                sizes.append(im.size)
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"row {i} of split {split!r}: image refused as a decompression "
+                            f"bomb ({exc})") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"row {i} of split {split!r}: unreadable image ({exc})") from exc
+    return sizes

@@ -12,22 +12,32 @@ scored. Promotion is by aliases, not stages:
 MLflow is reached through an `MlflowClient` (or a `Tracker`, whose client is used), as in
 `masters.tracking`; no Prefect here.
 
-Concurrency: MLflow has no compare-and-set for aliases. `promote` re-reads the champion right
-before moving it and checks again afterwards, which closes most of the window, but two
-promotions interleaving between that re-read and the write can still both move the alias and
-the last write wins. The pipeline serialises promotions with a Prefect concurrency limit on
-the task tag `masters-registry` (docs/registry.md); without one, re-run `promote` on both
-versions to settle the alias on the better one (it is idempotent).
+Concurrency: MLflow has no compare-and-set for aliases, but a registered model's name is
+unique in every backing store, so creating the registered model `<name>_registry_lock`
+succeeds for one caller at a time: `registry_lock` is that mutex. Every alias move
+(`promote`, `set_champion`, `rollback`) and every version creation runs under it, so two
+promotions at once are serialised and the second compares with the first's result; two runs
+registering the same training find one version. A lock whose holder died (same host, process
+gone) is broken at once; any other after `LOCK_TTL_S`. `promote` still re-reads the champion
+before and after its write, for writers outside this module (the MLflow UI).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import random
+import socket
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("masters.registry")
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # MLflow allows 100k characters per version tag value, but a tag is for reading in the UI; the
@@ -35,6 +45,19 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_VALUE_MAX = 5000
 METRIC_TAG = "metrics."
 PREVIOUS = "promotion.previous_champion"
+LOCK_SUFFIX = "_registry_lock"  # underscores: valid in Unity Catalog's three-part names too
+LOCK_OWNER_TAG = "masters.lock.owner"
+LOCK_TTL_S = 120.0  # a registry operation takes well under a second; a lock this old is stale
+LOCK_WAIT_S = 300.0
+
+
+# Stores that will never let us create the lock model: proceed unlocked rather than not at all.
+_LOCK_REFUSED = {"PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_PARAMETER_VALUE",
+                 "FEATURE_DISABLED"}
+
+
+class RegistryBusyError(RuntimeError):
+    """The registered model stayed locked by another live promotion for too long."""
 
 
 def _client(tracker_or_client):
@@ -122,15 +145,98 @@ def register_student(tracker_or_client, run_id: str, checkpoint_path: str | Path
     # Model.log resolves the tracking URI globally (as Tracker sets it): keep it on the client's.
     mlflow.set_tracking_uri(client.tracking_uri)
     info = pyfunc_model.log_student(client, run_id, checkpoint_path, model_config=model_config)
-    try:
-        client.create_registered_model(name, description="Students distilled with Masters "
-                                       "(masking teachers, reinforcing the student).")
-    except MlflowException as exc:
-        if "ALREADY_EXISTS" not in str(exc.error_code):
-            raise
-    mv = client.create_model_version(name, source=info.model_uri, run_id=run_id, tags=tags,
-                                     model_id=info.model_id)
+    with registry_lock(client, name):
+        # Checked again under the lock: a concurrent run of the same training may have won.
+        existing = _same_student(client, name, tags)
+        if existing is not None:
+            return existing
+        try:
+            client.create_registered_model(name, description="Students distilled with "
+                                           "Masters (masking teachers, reinforcing the "
+                                           "student).")
+        except MlflowException as exc:
+            if "ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        mv = client.create_model_version(name, source=info.model_uri, run_id=run_id,
+                                         tags=tags, model_id=info.model_id)
     return str(mv.version)
+
+
+@contextmanager
+def registry_lock(client, name: str, *, wait_s: float = LOCK_WAIT_S,
+                  ttl_s: float = LOCK_TTL_S) -> Iterator[None]:
+    """Hold the registered model `name`'s mutex: the registered model `<name>_registry_lock`.
+
+    A store that refuses to create it (no permission to create registered models) gets a
+    warning and no lock: the re-reads in `promote` still narrow the race.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client, lock = _client(client), name + LOCK_SUFFIX
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    deadline, delay = time.monotonic() + wait_s, 0.02
+    while True:
+        try:
+            client.create_registered_model(
+                lock, tags={LOCK_OWNER_TAG: owner},
+                description=f"mutex of {name!r}'s aliases and versions (masters.registry); "
+                            "delete it only if no promotion is running")
+            break
+        except MlflowException as exc:
+            code = str(exc.error_code)
+            if code in _LOCK_REFUSED:
+                log.warning("cannot create the registry lock %r (%s): going on without it",
+                            lock, code)
+                yield
+                return
+            if "ALREADY_EXISTS" not in code:
+                raise
+        holder = _break_if_stale(client, lock, ttl_s)
+        if time.monotonic() > deadline:
+            raise RegistryBusyError(
+                f"registered model {name!r} stayed locked by {holder} for {wait_s:.0f} s; if "
+                f"no promotion is running, delete the registered model {lock!r}")
+        time.sleep(delay * (1 + random.random()))
+        delay = min(2 * delay, 0.5)
+    try:
+        yield
+    finally:
+        try:
+            if client.get_registered_model(lock).tags.get(LOCK_OWNER_TAG) == owner:
+                client.delete_registered_model(lock)
+        except MlflowException:
+            pass  # already broken as stale; nothing of ours to release
+
+
+def _break_if_stale(client, lock: str, ttl_s: float) -> str | None:
+    """Delete the lock when its holder is gone; returns the holder."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client.get_registered_model(lock)
+    except MlflowException:
+        return None  # released meanwhile
+    holder = rm.tags.get(LOCK_OWNER_TAG, "")
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    dead = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+    age = time.time() - (rm.creation_timestamp or 0) / 1000
+    if dead or age > ttl_s:
+        try:
+            client.delete_registered_model(lock)
+        except MlflowException:
+            pass
+    return holder or None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _same_student(client, name: str, tags: Mapping[str, str]) -> str | None:
@@ -174,10 +280,21 @@ def promote(client, name: str, version: str | int, gate_metric: str, margin: flo
     """Challenger always; champion only if the gate passes. Returns the decision.
 
     Idempotent: a version that already has a decision gets it back, and no alias moves.
+    Runs under `registry_lock`: a concurrent promotion waits and then compares with ours.
     """
     client, version = _client(client), str(version)
     mv = client.get_model_version(name, version)
     if "promotion.json" in mv.tags:
+        return json.loads(mv.tags["promotion.json"])
+    with registry_lock(client, name):
+        return _promote_locked(client, name, version, gate_metric, margin, greater_is_better,
+                               baseline)
+
+
+def _promote_locked(client, name: str, version: str, gate_metric: str, margin: float,
+                    greater_is_better: bool, baseline: float | None) -> dict:
+    mv = client.get_model_version(name, version)
+    if "promotion.json" in mv.tags:  # decided by a concurrent call while we waited
         return json.loads(mv.tags["promotion.json"])
     value = gate_value(client, name, version, gate_metric)
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -268,6 +385,11 @@ def set_champion(client, name: str, version: str | int) -> dict:
     """Move `champion` to a version by hand (no gate); the one it replaces is remembered."""
     client, version = _client(client), str(version)
     client.get_model_version(name, version)  # fails clearly on an unknown version
+    with registry_lock(client, name):
+        return _set_champion_locked(client, name, version)
+
+
+def _set_champion_locked(client, name: str, version: str) -> dict:
     current = _alias(client, name, CHAMPION)
     if _ver(current) == version:
         return {"name": name, "version": version, "previous": None, "changed": False}
@@ -282,6 +404,11 @@ def set_champion(client, name: str, version: str | int) -> dict:
 def rollback(client, name: str) -> dict:
     """Give `champion` back to the version it replaced (the current champion's tag)."""
     client = _client(client)
+    with registry_lock(client, name):
+        return _rollback_locked(client, name)
+
+
+def _rollback_locked(client, name: str) -> dict:
     current = _alias(client, name, CHAMPION)
     if current is None:
         raise ValueError(f"registered model {name!r} has no champion to roll back")
@@ -303,3 +430,31 @@ def champion_version(client, name: str) -> str | None:
 
 def model_uri(name: str, version: str | int | None = None, alias: str | None = None) -> str:
     return f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
+
+
+def resolve_version(client, name: str, ref: str) -> str:
+    """A version number, or an alias (`champion`, `challenger`), to the version number."""
+    client = _client(client)
+    if str(ref).isdigit():
+        client.get_model_version(name, str(ref))  # raises a clear RESOURCE_DOES_NOT_EXIST
+        return str(ref)
+    mv = _alias(client, name, str(ref))
+    if mv is None:
+        raise ValueError(f"registered model {name!r} has no version with alias {ref!r}")
+    return str(mv.version)
+
+
+def download_student(client, name: str, version: str, dst: str | Path) -> Path:
+    """The checkpoint folder inside a registered student version, downloaded under `dst`."""
+    import mlflow
+
+    client = _client(client)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    root = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=model_uri(name, version), dst_path=str(dst)))
+    found = sorted(p.parent for p in (root / "artifacts").rglob("config.json")
+                   if any(p.parent.glob("*.safetensors")))
+    if not found:
+        raise FileNotFoundError(f"version {version} of {name!r} holds no safetensors checkpoint "
+                                f"under artifacts/ (downloaded to {root})")
+    return found[0]

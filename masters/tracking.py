@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,7 +30,11 @@ def _prepare_local_store(cfg: TrackingConfig) -> tuple[str, str | None]:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{db_path.resolve()}"
     artifacts = None
-    if cfg.artifact_location:
+    remote = parsed.scheme in ("http", "https", "databricks")
+    local_artifacts = urlparse(cfg.artifact_location or "").scheme in ("", "file")
+    # A tracking server stores artifacts where it was told to (--artifacts-destination): a
+    # local folder here would hold files the server and its UI cannot see.
+    if cfg.artifact_location and not (remote and local_artifacts):
         loc = cfg.artifact_location
         if urlparse(loc).scheme in ("", "file"):
             path = Path(loc.removeprefix("file://")).resolve()
@@ -37,6 +42,22 @@ def _prepare_local_store(cfg: TrackingConfig) -> tuple[str, str | None]:
             loc = path.as_uri()
         artifacts = loc
     return uri, artifacts
+
+
+@contextmanager
+def _creation_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive lock beside a sqlite store (`<db>.lock`); other stores need none."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(tracking_uri[len("sqlite:///") :] + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -62,14 +83,22 @@ class Tracker:
         self.cfg = cfg
         self.tracking_uri, artifact_location = _prepare_local_store(cfg)
         mlflow.set_tracking_uri(self.tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        exp = self.client.get_experiment_by_name(cfg.experiment)
-        if exp is None:
-            self.experiment_id = self.client.create_experiment(
-                cfg.experiment, artifact_location=artifact_location
-            )
-        else:
-            self.experiment_id = exp.experiment_id
+        # Two runs starting at once: a fresh sqlite store is created (migrated, by the client)
+        # once, and an experiment created by the other run meanwhile is used, not made twice.
+        with _creation_lock(self.tracking_uri):
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            exp = self.client.get_experiment_by_name(cfg.experiment)
+            if exp is None:
+                try:
+                    self.experiment_id = self.client.create_experiment(
+                        cfg.experiment, artifact_location=artifact_location
+                    )
+                except mlflow.exceptions.MlflowException as exc:
+                    if "ALREADY_EXISTS" not in str(exc.error_code):
+                        raise
+                    exp = self.client.get_experiment_by_name(cfg.experiment)
+            if exp is not None:
+                self.experiment_id = exp.experiment_id
 
     def start_run(
         self, name: str, *, parent_run_id: str | None = None, tags: dict[str, str] | None = None

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import secrets
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,19 +278,15 @@ class MastersTrainer:
         return final
 
     def _write_checkpoint(self, final: Path, stage: Stage) -> None:
-        tmp = final.with_name(final.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.student.save_pretrained(tmp, safe_serialization=True)
-        self.processor.save_pretrained(tmp)
-        torch.save({"optimizer": self.opt.state_dict(), "rng": torch.get_rng_state()},
-                   tmp / "trainer_state.pt")
-        (tmp / "progress.json").write_text(json.dumps({"stage": stage.index,
-                                                       "step": self.step}))
-        if final.exists():
-            import shutil
+        def write(tmp: Path) -> None:
+            self.student.save_pretrained(tmp, safe_serialization=True)
+            self.processor.save_pretrained(tmp)
+            torch.save({"optimizer": self.opt.state_dict(), "rng": torch.get_rng_state()},
+                       tmp / "trainer_state.pt")
+            (tmp / "progress.json").write_text(json.dumps({"stage": stage.index,
+                                                           "step": self.step}))
 
-            shutil.rmtree(final)
-        tmp.rename(final)  # a crash mid-save leaves only a .tmp folder, never a torn stage
+        write_folder_once(final, write)
 
     def load_checkpoint(self, path: str | Path) -> int:
         path = Path(path)
@@ -303,6 +302,40 @@ class MastersTrainer:
         progress = json.loads((path / "progress.json").read_text())
         self.step = progress["step"]
         return progress["stage"]
+
+
+def write_folder_once(final: str | Path, write: Callable[[Path], None]) -> bool:
+    """Publish a folder atomically: `write` fills a private temp folder that is renamed to
+    `final`. A crash mid-write leaves only a temp folder (never a torn `final`); two writers of
+    the same folder (two runs of one training key, whose content is equal) never share a temp
+    folder, and the first to publish wins. False when `final` already existed."""
+    final = Path(final)
+    if final.is_dir():
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another writer published first (ENOTEMPTY / EEXIST)
+            if not final.is_dir():
+                raise
+            return False
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_student(student, processor, final: str | Path) -> Path:
+    """The trained student as a `save_pretrained` folder, published atomically."""
+    def write(tmp: Path) -> None:
+        student.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+
+    write_folder_once(final, write)
+    return Path(final)
 
 
 def last_checkpoint(directory: str | Path) -> Path | None:

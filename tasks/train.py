@@ -14,7 +14,7 @@ from masters.config import from_public
 from masters.masking import MaskedTeacher, ThresholdTable
 from masters.schedule import build_schedule
 from masters.tracking import BufferedMetrics, Tracker
-from tasks.common import flow_run_tags
+from tasks.common import PERSIST, flow_run_tags
 from tasks.generate import RESIDENT
 
 
@@ -137,8 +137,7 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
         final = out_dir / "student"
         if main:
             metrics.flush()
-            trainer.student.save_pretrained(final, safe_serialization=True)
-            processor.save_pretrained(final)
+            training.save_student(trainer.student, processor, final)  # atomic, write-once
             tracker.set_tags(run_id, {"student_path": str(final.resolve())})
             tracker.log_dict(run_id, result, "training_summary.json")
             log_training_plots(tracker, run_id, log)
@@ -180,7 +179,7 @@ def log_training_plots(tracker, run_id: str, log=None) -> None:
             log.warning("could not plot the training curves: %s", exc)
 
 
-@task(name="train-student", log_prints=False)
+@task(name="train-student", **PERSIST, log_prints=False)
 def train_student(cfg_json: dict, manifests: list[dict], scores: list[dict],
                   tables: list[dict], parent_run_id: str | None) -> dict:
     """One process; for several, rerun the logged train_inputs.json under torchrun."""
