@@ -4,7 +4,18 @@ For every stage (teacher, ratio) of the schedule and every question of that stag
 slice, the masked teacher samples `generation.teacher_answers` (4) answers and the initial
 student `generation.student_answers` (4): the group of G = 8 of the paper (mix 1:1).
 Sampling follows the paper: temperature 1.0, top-p 0.9, top-k 50, repetition penalty 1.05,
-plain answers. Many questions share one `generate` call (KV cache, `num_return_sequences`).
+plain answers. Many questions share one `generate` call, and the n samples of a question share
+its prompt (below).
+
+Shared prefill. Answers are a few tokens long, so a call's cost is mostly the prompt: image
+tokens through the vision tower and the language model. `generate(num_return_sequences=n)`
+repeats every prompt n times before running it. For LLaVA-style models (PREFIX_SHARED_MODELS)
+`sample_answers` instead runs each prompt but its last token once (vision tower included),
+repeats the KV cache n times, and lets `generate` continue from it with the same sampling
+settings: the same computation per sample, with the prompt paid once per question instead of
+n times. Position ids follow `generate`'s own rule for left-padded prompts (attention-mask
+cumsum), and a test pins greedy outputs to those of the plain call. Other model types take the
+plain `num_return_sequences` call.
 
 Shards. A stage's questions are cut into shards of `generation.shard_size` questions. A shard
 is the unit of work, of caching and of resuming, and its cache key (`shard_key`) addresses
@@ -40,7 +51,9 @@ from masters.schedule import Stage
 
 # Bump when the prompt format, the decoding of answers or the record layout changes: every
 # shard key changes with it, so answers produced by older code are never served.
-GENERATION_FORMAT = 2  # 2: special tokens other than EOS are suppressed
+# 2: special tokens other than EOS are suppressed; 3: shared prefill (module docstring), which
+# changes the prompt's arithmetic (batch shape), so sampled answers may differ in rare draws.
+GENERATION_FORMAT = 3
 
 
 class LoadedModel(NamedTuple):
@@ -127,18 +140,61 @@ def _answer(tokenizer, ids: list[int], eos: set[int]) -> Answer:
     return Answer(tokenizer.decode(ids, skip_special_tokens=True).strip(), ids)
 
 
+# Model types whose prompt may be prefilled once and its cache shared by the n samples: a
+# LLaVA-style decoder with 1-D positions from the attention mask and no per-call state beyond
+# the KV cache (checked against the plain call by tests/test_generation.py).
+PREFIX_SHARED_MODELS = frozenset({"llava"})
+
+
+def _prefix_cache(model, batch: Mapping[str, torch.Tensor], image_token_id: int | None):
+    """The KV cache of every prompt but its last token, or None where it cannot be shared."""
+    from transformers import DynamicCache
+
+    ids, mask = batch["input_ids"], batch.get("attention_mask")
+    if (getattr(model.config, "model_type", None) not in PREFIX_SHARED_MODELS or mask is None
+            or ids.shape[1] < 2 or set(batch) - {"input_ids", "attention_mask", "pixel_values"}
+            or (image_token_id is not None and bool((ids[:, -1] == image_token_id).any()))):
+        return None
+    # generate's own position ids for left-padded prompts: cumsum of the mask, 0 on padding.
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+          pixel_values=batch.get("pixel_values"), cache=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+def _generate(model, batch: Mapping[str, torch.Tensor], n: int, image_token_id: int | None,
+              shared_prefill: bool, **kwargs) -> torch.Tensor:
+    """n samples per prompt; rows i*n .. i*n+n-1 are prompt i's, as with num_return_sequences."""
+    cache = _prefix_cache(model, batch, image_token_id) if shared_prefill else None
+    if cache is None:
+        seqs = model.generate(**batch, num_return_sequences=n, **kwargs)
+    else:
+        cache.batch_repeat_interleave(n)
+        seqs = model.generate(input_ids=batch["input_ids"].repeat_interleave(n, 0),
+                              attention_mask=batch["attention_mask"].repeat_interleave(n, 0),
+                              cache=cache, **kwargs)
+    return seqs if isinstance(seqs, torch.Tensor) else seqs.sequences
+
+
 @torch.inference_mode()
 def sample_answers(
     model, processor, images: Sequence[np.ndarray], questions: Sequence[str], n: int,
-    cfg: GenerationConfig, seed: int,
+    cfg: GenerationConfig, seed: int, *, shared_prefill: bool = True,
 ) -> list[list[Answer]]:
-    """`n` sampled answers per question, `cfg.batch_size` questions per `generate` call."""
+    """`n` sampled answers per question, `cfg.batch_size` questions per `generate` call.
+
+    `shared_prefill=False` runs every prompt n times (`num_return_sequences`), as format 2
+    did: the same distribution, only slower where prompts dominate (module docstring).
+    """
     if n == 0:
         return [[] for _ in questions]
     param = next(model.parameters())
     tok = processor.tokenizer
     eos = _eos_ids(model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
+    image_token = getattr(processor, "image_token", None)
+    image_token_id = tok.convert_tokens_to_ids(image_token) if image_token else None
     rng_devices = [param.device] if param.device.type == "cuda" else []
     out: list[list[Answer]] = []
     for b, start in enumerate(range(0, len(questions), cfg.batch_size)):
@@ -148,11 +204,8 @@ def sample_answers(
                  for k, v in batch.items()}
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(derive_seed(seed, b))
-            seqs = model.generate(**batch, num_return_sequences=n, pad_token_id=pad,
-                                  suppress_tokens=suppressed_tokens(tok, eos),
-                                  **sampling_kwargs(cfg))
-        seqs = seqs if isinstance(seqs, torch.Tensor) else seqs.sequences
-        # generate repeats each prompt n times in place: rows i*n .. i*n+n-1 are question i's.
+            seqs = _generate(model, batch, n, image_token_id, shared_prefill, pad_token_id=pad,
+                             suppress_tokens=suppressed_tokens(tok, eos), **sampling_kwargs(cfg))
         new = seqs[:, batch["input_ids"].shape[1]:].tolist()
         out += [[_answer(tok, ids, eos) for ids in new[i : i + n]] for i in range(0, len(new), n)]
     return out

@@ -74,7 +74,7 @@ def test_sampling_settings_reach_generate_in_batches(pair, monkeypatch):
     original = teacher.model.generate
 
     def spy(**kwargs):
-        calls.append(kwargs)
+        calls.append(dict(kwargs, cached=kwargs["cache"].get_seq_length()))
         return original(**kwargs)
 
     monkeypatch.setattr(teacher.model, "generate", spy)
@@ -85,9 +85,11 @@ def test_sampling_settings_reach_generate_in_batches(pair, monkeypatch):
                                     [r["image"] for r in rows], [r["question"] for r in rows],
                                     4, cfg, seed=0)
     assert [len(a) for a in out] == [4] * 5
-    assert [c["input_ids"].shape[0] for c in calls] == [2, 2, 1]  # many questions per call
+    # Many questions per call, each prompt prefilled once and its cache repeated 4 times.
+    assert [c["input_ids"].shape[0] for c in calls] == [2 * 4, 2 * 4, 1 * 4]
     for c in calls:
-        assert c["do_sample"] is True and c["num_return_sequences"] == 4
+        assert c["cached"] == c["input_ids"].shape[1] - 1  # all but the last prompt token
+        assert c["do_sample"] is True and "num_return_sequences" not in c
         assert (c["temperature"], c["top_p"], c["top_k"], c["repetition_penalty"],
                 c["max_new_tokens"]) == (0.7, 0.8, 20, 1.3, 2)
     assert GenerationConfig().model_dump(include={"temperature", "top_p", "top_k",
@@ -95,6 +97,47 @@ def test_sampling_settings_reach_generate_in_batches(pair, monkeypatch):
                                                   "student_answers"}) == {
         "temperature": 1.0, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.05,
         "teacher_answers": 4, "student_answers": 4}  # method.md section 2
+
+
+def test_shared_prefill_matches_the_plain_call(pair, monkeypatch):
+    """Prompt prefilled once + cache repeated == generate(num_return_sequences) on the same
+    left-padded batch (greedy, so any difference in the computation would show), and the
+    vision tower sees each image once instead of n times."""
+    teacher, _ = pair
+    rows = _rows(5)  # questions of different lengths: left padding differs per row
+    batch = generation.encode(teacher.processor, [r["image"] for r in rows],
+                              [r["question"] for r in rows])
+    assert (batch["attention_mask"] == 0).any()
+    tok = teacher.processor.tokenizer
+    image_id = tok.convert_tokens_to_ids(teacher.processor.image_token)
+    kwargs = dict(do_sample=False, max_new_tokens=4, pad_token_id=tok.pad_token_id,
+                  output_scores=True, return_dict_in_generate=True)
+    seen = []
+    tower = teacher.model.model.vision_tower
+    hook = tower.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args[0] if args else kwargs["pixel_values"]).shape[0]),
+        with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            expanded = {k: v.repeat_interleave(3, 0) for k, v in batch.items()}
+            plain = teacher.model.generate(**expanded, **kwargs)
+            cache = generation._prefix_cache(teacher.model, batch, image_id)
+            cache.batch_repeat_interleave(3)
+            shared = teacher.model.generate(
+                input_ids=expanded["input_ids"], attention_mask=expanded["attention_mask"],
+                cache=cache, **kwargs)
+    finally:
+        hook.remove()
+    assert seen == [15, 5]  # plain: every repeat of every image; shared: each image once
+    assert torch.equal(plain.sequences, shared.sequences)
+    for a, b in zip(plain.scores, shared.scores, strict=True):
+        finite = torch.isfinite(a)
+        assert torch.equal(finite, torch.isfinite(b))
+        assert torch.allclose(a[finite], b[finite], atol=1e-5)
+    # A prompt ending in an image token cannot be split before it: the plain call is used.
+    ends_in_image = dict(batch, input_ids=batch["input_ids"].clone())
+    ends_in_image["input_ids"][:, -1] = image_id
+    assert generation._prefix_cache(teacher.model, ends_in_image, image_id) is None
 
 
 def test_processor_path_matches_fast_path_and_takes_other_sizes(pair):

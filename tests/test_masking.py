@@ -315,3 +315,107 @@ def test_fingerprint_state_dict_matches_models_fingerprint(smoke):
     assert fingerprint_state_dict(state) == models.fingerprint(smoke)
     from_state = compute_thresholds(state, RATIOS, EVERYTHING)
     assert from_state == compute_thresholds(smoke, RATIOS, EVERYTHING)
+
+
+# A teacher loaded from its checkpoint: transformers maps safetensors weights zero-copy, so the
+# record keeps those originals and masked values live in private buffers (module docstring).
+
+
+@pytest.fixture
+def checkpoint(tmp_path, monkeypatch):
+    """save(seed, round_to) -> a smoke checkpoint folder; the fingerprint cache in tmp_path."""
+    monkeypatch.setenv(models.FINGERPRINT_CACHE_ENV, str(tmp_path / "fingerprints"))
+    monkeypatch.setattr(models, "RACY_NS", 0)  # trust a checkpoint written moments ago
+
+    def save(seed: int = 0, round_to: float | None = None):
+        model, processor = embedded.build("smoke", seed=seed)
+        if round_to:  # few distinct values: ties everywhere
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_((p / round_to).round() * round_to)
+        return embedded.save(model, processor, tmp_path / f"ckpt-{seed}-{round_to}")
+
+    return save
+
+
+def test_loaded_teacher_masks_from_its_mapped_originals(checkpoint):
+    path = checkpoint()
+    model, _ = models.load(path)
+    original = originals(model)
+    pointers = {n: t.data_ptr() for n, t in model.state_dict().items()}
+    table = compute_thresholds(model, RATIOS, EVERYTHING)
+    teacher = MaskedTeacher(model, table)
+    assert set(teacher.record.originals) == set(table.tensors)  # every masked tensor mapped
+    in_memory = MaskedTeacher(copy.deepcopy(model), table)  # a copy is private memory
+    assert not in_memory.record.originals
+    for r in [0.4, 0.2, 0.1, 0.05, 0.0, 0.1, 0.05, 0.2, 0.4, 0.0]:
+        teacher.set_ratio(r)
+        in_memory.set_ratio(r)
+        assert teacher.ratio == r and teacher.record.nbytes() == 0
+        assert_matches_reference(model, original, table, r)
+        other = in_memory.model.state_dict()
+        assert all(same_bits(t, other[n]) for n, t in model.state_dict().items())
+    # Back on the checkpoint's own pages, every bit as loaded, the cached fingerprint valid.
+    assert {n: t.data_ptr() for n, t in model.state_dict().items()} == pointers
+    assert all(same_bits(t, original[n]) for n, t in model.state_dict().items())
+    assert models.fingerprint(model) == table.fingerprint == models.fingerprint(model, cached=False)
+
+
+def test_loaded_teacher_with_ties_everywhere(checkpoint, monkeypatch):
+    monkeypatch.setattr("masters.masking.MAX_TIE_INDICES", 3)  # most ties found by a scan
+    model, _ = models.load(checkpoint(seed=1, round_to=0.02))
+    original = originals(model)
+    table = compute_thresholds(model, RATIOS, EVERYTHING)
+    entries = table.tensors.values()
+    assert any(t > 3 for e in entries for t in e.ties)
+    assert any(x is None for e in entries for x in e.tie_indices)
+    assert any(x for e in entries for x in e.tie_indices)
+    teacher = MaskedTeacher(model, table)
+    assert teacher.record.originals
+    for r in [0.2, 0.4, 0.05, 0.1, 0.0, 0.4]:
+        teacher.set_ratio(r)
+        assert_matches_reference(model, original, table, r)
+        for name, entry in table.tensors.items():
+            assert int((model.state_dict()[name] == 0).sum()) == max(table.k(name, r), entry.zeros)
+
+
+def test_format_1_tables_still_apply(checkpoint):
+    model, _ = models.load(checkpoint(seed=2, round_to=0.02))
+    original = originals(model)
+    table = compute_thresholds(model, RATIOS, EVERYTHING)
+    data = table.to_dict()
+    data["format"] = 1
+    for t in data["tensors"].values():  # format 1 had no tie counts or indices
+        del t["ties"], t["tie_indices"]
+    old = ThresholdTable.from_dict(data)
+    teacher = MaskedTeacher(model, old)
+    in_memory = MaskedTeacher(copy.deepcopy(model), old)
+    for r in [0.2, 0.05, 0.4, 0.0]:
+        teacher.set_ratio(r)
+        in_memory.set_ratio(r)
+        assert_matches_reference(model, original, old, r)
+        assert_matches_reference(in_memory.model, original, old, r)
+
+
+def test_loaded_teacher_refuses_weights_written_behind_its_back(checkpoint):
+    model, _ = models.load(checkpoint())
+    table = compute_thresholds(model, RATIOS, MaskScope())
+    teacher = MaskedTeacher(model, table)
+    teacher.set_ratio(0.2)
+    before = originals(model)
+    name = next(iter(table.tensors))
+    with torch.no_grad():
+        model.get_parameter(name).mul_(1.0)  # same values, but an untracked write for the record
+    with pytest.raises(MaskError, match="does not hold the masked state"):
+        teacher.set_ratio(0.1)
+    assert all(same_bits(t, before[n]) for n, t in model.state_dict().items())  # nothing written
+
+
+def test_loaded_teacher_refuses_a_checkpoint_changed_on_disk(checkpoint):
+    path = checkpoint()
+    model, _ = models.load(path)
+    teacher = MaskedTeacher(model, compute_thresholds(model, RATIOS, MaskScope()))
+    teacher.set_ratio(0.2)
+    (path / "config.json").write_text((path / "config.json").read_text())  # new mtime and ctime
+    with pytest.raises(MaskError, match="changed on disk"):
+        teacher.set_ratio(0.0)
