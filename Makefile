@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint bootstrap bench ui clean
+.PHONY: install run test test-e2e lint bootstrap bench bench-quick ui clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ test: install
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Only the end-to-end test (real Prefect server + worker, MLflow server, S3): docs/deployments.md
+test-e2e: install
+	mkdir -p $(PREFECT_HOME)
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 
@@ -45,5 +50,10 @@ ui: install
 clean:
 	rm -rf .masters
 
+# Benchmarks -> BENCHMARKS.md (quality rows: about BENCH_WORKERS=2 processes, 1 thread each).
 bench: install
 	$(BIN)/python -m benchmarks.run
+# Reduced rows and data (<= 15 min); written beside the full results, not over them.
+bench-quick: install
+	$(BIN)/python -m benchmarks.run --quick --out .masters/bench/BENCHMARKS-quick.md \
+		--json .masters/bench/results-quick.json

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
 import os
 import platform
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import generation, masking, training
+from benchmarks import generation, masking, quality, training
 
-SECTIONS = {"masking": masking, "generation": generation, "training": training}
+SECTIONS = {"masking": masking, "generation": generation, "training": training,
+            "quality": quality}
 
 
 def machine() -> str:
@@ -35,29 +37,51 @@ def machine() -> str:
             f"GPU: {gpu}; Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("transformers", "datasets", "prefect", "mlflow", "numpy"):
+        try:
+            out.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--only", action="append", choices=sorted(SECTIONS))
     p.add_argument("--out", default="BENCHMARKS.md")
     p.add_argument("--json", default=".masters/bench/results.json")
+    p.add_argument("--quick", action="store_true",
+                   help="make bench-quick: sections with a quick mode (quality: reduced rows "
+                   "and data), the others skipped; <= 15 min")
     args = p.parse_args(argv)
     names = args.only or list(SECTIONS)
     results, parts = {}, []
     for name in names:
+        quick_ok = "quick" in inspect.signature(SECTIONS[name].run).parameters
+        if args.quick and not quick_ok:  # bench-quick must stay within ~15 minutes
+            parts.append(f"## {name}\n\nnot run in quick mode (`make bench` runs it)\n")
+            continue
         print(f"benchmark: {name} ...", flush=True)
-        results[name] = SECTIONS[name].run()
+        results[name] = SECTIONS[name].run(**({"quick": args.quick} if quick_ok else {}))
         parts.append(f"## {name}\n\n{SECTIONS[name].markdown(results[name])}\n")
-    command = "make bench" if not args.only else "python -m benchmarks.run " + " ".join(
-        f"--only {n}" for n in names)
+    command = ("make bench-quick" if args.quick else "make bench") if not args.only else (
+        "python -m benchmarks.run " + " ".join(f"--only {n}" for n in names)
+        + (" --quick" if args.quick else ""))
     header = (
         "# Benchmarks\n\n"
         f"- command: `{command}`\n"
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
         f"- machine: {machine()}\n"
+        f"- versions: {versions()}\n"
         "- every ratio below is measured within this one run\n\n"
     )
     gpu = ("## GPU\n\nnot measured (no CUDA device in this run)\n" if not torch.cuda.is_available()
            else "")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(header + "\n".join(parts) + ("\n" + gpu if gpu else ""))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))

@@ -195,13 +195,23 @@ def distillation_divergence(
     return masked_mean(jsd, answer_mask)
 
 
-def reverse_min_max(values: Sequence[float]) -> list[float]:
+# Divergences within this fraction of the group's largest one are a tie. Min-max maps any
+# spread, however small, onto [0, 1]: answers that share a prompt have the same teacher-forced
+# JSD at their first token, so one-word answers differ only at the EOS position, by ~1e-6
+# nats, and an exact `==` turned that into rewards of 0 and 1 as large as R_acc (measured on
+# the embedded task, groups with two or more distinct answers: spread / max below 3e-4 in 90%
+# of them; the few above 1e-3 hold answers of different lengths; docs/benchmarks.md).
+MINMAX_RTOL = 1e-3
+
+
+def reverse_min_max(values: Sequence[float], rtol: float = MINMAX_RTOL) -> list[float]:
     """Within one group: (max - v) / (max - min); the easiest answer to transfer gets 1.
 
-    A group whose values are all equal carries no preference: every answer gets 0.
+    A group whose values are all equal, up to `rtol` of the largest magnitude, carries no
+    preference: every answer gets 0.
     """
     hi, lo = max(values), min(values)
-    if hi == lo:
+    if hi - lo <= rtol * max(abs(hi), abs(lo)):
         return [0.0] * len(values)
     return [(hi - v) / (hi - lo) for v in values]
 

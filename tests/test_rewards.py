@@ -113,6 +113,10 @@ def test_distillation_divergence_averages_answer_tokens_only():
 def test_reverse_min_max():
     assert rewards.reverse_min_max([0.2, 0.6, 0.4, 1.0]) == pytest.approx([1.0, 0.5, 0.75, 0.0])
     assert rewards.reverse_min_max([0.3, 0.3, 0.3]) == [0.0, 0.0, 0.0]
+    # tiny relative spreads (one-word answers differ only at EOS) are ties, not rewards 0 / 1
+    assert rewards.reverse_min_max([0.3, 0.3 + 2e-6, 0.3 - 1e-6]) == [0.0, 0.0, 0.0]
+    assert rewards.reverse_min_max([0.3, 0.3 + 2e-6], rtol=0.0) == pytest.approx([1.0, 0.0])
+    assert rewards.reverse_min_max([1e-3, 1.1e-3]) == pytest.approx([1.0, 0.0])  # not absolute
     d = [0.9, 0.1, 0.5, 0.5, 0.3, 0.7, 0.2, 0.8]
     hi, lo = max(d), min(d)
     assert rewards.reverse_min_max(d) == pytest.approx([(hi - x) / (hi - lo) for x in d])

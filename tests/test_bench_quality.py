@@ -1,0 +1,82 @@
+"""The quality benchmark's row table and report, on fake results (no model is trained)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from masters.config import load_config
+
+# benchmarks/ is not an installed package: `python -m benchmarks.run` runs from the root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import quality  # noqa: E402
+
+
+def test_shipped_row_table_resolves():
+    spec = quality.load_spec()
+    rows = spec.rows()
+    assert {r.section for r in rows} >= {"reference", "components", "r_max", "rewards"}
+    assert spec.seeds == [0, 1, 2]
+    for row in rows:  # every override set is a valid config
+        if not row.model:
+            quality.config_for(spec, row, 0, quick=False)
+    quick = spec.rows(quick=True)
+    assert 0 < len(quick) < len(rows)
+    # r_max = 0.2 and "both rewards" are full Masters: the same run, trained once.
+    code = "x"
+    key = {r.name: quality.run_key(quality.config_for(spec, r, 0, False), code)
+           for r in rows if r.section in ("components", "r_max", "rewards") and not r.model}
+    assert key["full Masters"] == key["r_max = 0.2"] == key["both rewards"]
+    assert len({key["full Masters"], key["naive distillation"], key["r_max = 0.4"]}) == 3
+
+
+def test_overrides_round_trip():
+    sets = quality.to_overrides({"teachers": [{"name": "large", "path": "embedded:large",
+                                               "r_max": 0.0}],
+                                 "training.lr": 3e-5, "training.distill_reward": False})
+    cfg = load_config(None, list(sets))
+    assert [t.name for t in cfg.teachers] == ["large"] and cfg.teachers[0].r_max == 0.0
+    assert cfg.training.lr == 3e-5 and cfg.training.distill_reward is False
+
+
+def test_markdown_and_targets_from_fake_results():
+    acc = {"full Masters": [0.70, 0.72, 0.71], "naive distillation": [0.60, 0.61, 0.62],
+           "label-trained student": [0.65, 0.65, 0.66]}
+    m, s = quality.mean_std(acc["full Masters"])
+    assert m == pytest.approx(statistics.fmean(acc["full Masters"]))
+    assert s == pytest.approx(statistics.stdev(acc["full Masters"]))
+
+    def row(section, name, values, params, paper=None, model=None):
+        return {"section": section, "name": name, "accuracy": values, "params": params,
+                "paper": paper, "per_task": {"count": values, "where": values}, "model": model}
+
+    results = {
+        "quick": False, "seeds": [0, 1, 2], "workers": 1,
+        "sections": [{"id": "reference", "title": "Reference", "dataset": None},
+                     {"id": "components", "title": "Table 5(d)", "dataset": None}],
+        "rows": [row("reference", "large teacher", [0.98], 1_000_000, model="embedded:large"),
+                 row("reference", "initial student", [0.64], 200_000),
+                 row("reference", "label-trained student", acc["label-trained student"],
+                     200_000),
+                 row("components", "naive distillation", acc["naive distillation"], 200_000,
+                     75.8),
+                 row("components", "full Masters", acc["full Masters"], 200_000, 80.0)],
+        "base_config": {"train_size": 8, "test_size": 4, "batch_groups": 2, "lr": 1e-4,
+                        "kl_beta": 0.1, "jsd_weight": 1.0, "teacher_answers": 4,
+                        "student_answers": 4, "max_new_tokens": 4,
+                        "teachers": ["mid (r_max 0.2)", "large (r_max 0.2)"]},
+        "timing": {"total_s": 60.0, "generation_s": 10.0, "training_s": 40.0,
+                   "runs_total": 9, "runs_done": 9},
+    }
+    md = quality.markdown(results)
+    assert f"| full Masters | 200,000 |  |  | {m:.3f} ± {s:.3f} | {m / 0.98:.3f} | 80.0 |" in md
+    assert "| large teacher | 1,000,000 |  |  | 0.980 | 1.000 |  |" in md
+    lines = quality.targets(results)
+    assert "vs naive distillation: +0.100" in lines[0] and "**met**" in lines[0]
+    assert "**met**" in lines[1]  # +0.057 over label training, stds ~0.006
+    retention = 0.71 / 0.98
+    assert f"retention (full Masters / large teacher) {retention:.3f}" in lines[3]
+    assert "**missed**" in lines[3]  # 0.724 < 0.9
