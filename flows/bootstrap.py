@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.params import BootstrapParams
 from masters.config import from_public
 from masters.tracking import Tracker
 from tasks.bootstrap import bootstrap_model
@@ -27,10 +28,12 @@ from tasks.common import flow_run_tags
 
 @flow(name="masters-bootstrap", log_prints=True)
 def bootstrap_flow(
-    config: dict | None = None, only: list[str] | None = None, progress: bool = True
+    params: BootstrapParams = BootstrapParams(), config: dict | None = None,
+    progress: bool = False,
 ) -> list[dict]:
-    cfg = from_public(config)
-    names = only or list(cfg.bootstrap.models)
+    """`config`, a resolved `public_dict()`, replaces the preset when given (CLI, tests)."""
+    cfg = from_public(config) if config is not None else params.to_config()
+    names = params.only or list(cfg.bootstrap.models)
     unknown = sorted(set(names) - set(cfg.bootstrap.models))
     if unknown:
         raise ValueError(

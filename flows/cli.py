@@ -1,7 +1,7 @@
 """The `masters` command line: thin wrappers that build the config and start a flow.
 
     masters run        [--config FILE] [--set a.b=c ...]   the main job (= masters distill)
-    masters evaluate   [--config FILE] [--suite NAME]      evaluate student and teachers only
+    masters evaluate   [--suite NAME] [--model-version N]  evaluate student (or a version), teachers
     masters bootstrap  [--only NAME ...]                   train the embedded models
     masters distill    [--config FILE] [--set ...]         prune, generate, score, train, eval
     masters prune      [--config FILE] [--set ...]         threshold tables of the teachers
@@ -9,6 +9,7 @@
     masters generate   [--config FILE] [--set ...]         sample and cache every stage's answers
     masters promote    --version N [--gated] | --rollback  move the registry's champion alias
     masters config     [--config FILE] [--set ...]         print the resolved config
+    masters serve      [--file prefect.yaml]               serve the deployments, no worker
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "generate, score, train, evaluate, register)"))
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     ev = with_config(sub.add_parser("evaluate", help="evaluate the student and teachers only"))
+    ev.add_argument("--model-version", help="evaluate this registered student version (a "
+                    "number or an alias such as champion) instead of the configured student")
     ev.add_argument("--suite", help="evaluation suite: a name in configs/suites/ or a YAML "
                     "file (sets evaluation.suite)")
     b = with_config(sub.add_parser("bootstrap", help="train the embedded models from scratch"))
@@ -64,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--gated", action="store_true",
                     help="with --version: only if it passes the promotion gate")
     with_config(sub.add_parser("config", help="print the resolved configuration (no secrets)"))
+    sv = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml "
+                        "without a worker (needs PREFECT_API_URL of a Prefect server)")
+    sv.add_argument("--file", help="another prefect.yaml")
+    sv.add_argument("--limit", type=int, help="most flow runs at once")
     return p
 
 
@@ -71,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     from masters.config import ConfigError, load_config
 
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from flows.serve import PREFECT_YAML, serve
+
+        serve(args.file or PREFECT_YAML, limit=args.limit)
+        return 0
     if getattr(args, "suite", None):
         args.overrides.append(f"evaluation.suite={args.suite}")
     try:
@@ -83,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "bootstrap":
         from flows.bootstrap import bootstrap_flow
+        from flows.params import BootstrapParams
 
-        manifests = bootstrap_flow(cfg.public_dict(), args.only, not args.no_progress)
+        manifests = bootstrap_flow(BootstrapParams(only=args.only), config=cfg.public_dict(),
+                                   progress=not args.no_progress)
         for m in manifests:
             print(f"{m['name']}: {m['params']:,} params, test accuracy "
                   f"{m['test_accuracy']:.3f} -> {m['path']}")
@@ -119,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("distill", "run"):
         from flows.distill import distill_flow
 
-        out = distill_flow(cfg.public_dict(), progress=not args.no_progress)
+        out = distill_flow(config=cfg.public_dict(), progress=not args.no_progress)
         print(out["table"])
         from masters.evaluation import summary_metrics
 
@@ -137,13 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "promote":
         from mlflow.exceptions import MlflowException
+        from pydantic import ValidationError
 
+        from flows.params import PromoteParams
         from flows.promote import promote_flow
 
         try:
-            out = promote_flow(cfg.public_dict(), version=args.version,
-                               rollback=args.rollback, gated=args.gated)
-        except (ValueError, MlflowException) as exc:  # no such version, nothing to roll back
+            params = PromoteParams(version=args.version, rollback=args.rollback,
+                                   gated=args.gated)
+            out = promote_flow(params, config=cfg.public_dict())
+        except (ValueError, ValidationError, MlflowException) as exc:  # no such version, ...
             print(f"masters: {exc}", file=sys.stderr)
             return 1
         print(f"{out['name']}: champion version {out['previous'] or 'none'} -> "
@@ -160,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"masters: {exc}", file=sys.stderr)
                 return 2
 
-        summary = evaluate_flow(cfg.public_dict())
+        from flows.params import EvaluateParams
+
+        params = EvaluateParams(model_version=args.model_version)
+        summary = evaluate_flow(params, config=cfg.public_dict())
         print(summary["table"])
         return 0
     raise AssertionError(args.command)

@@ -34,9 +34,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.evaluate import format_table
 from flows.generate import generate_flow
+from flows.params import DistillParams, flow_run_namer
 from masters import evaluation, plots
 from masters.config import from_public
 from masters.tracking import Tracker
+from tasks.check import check_inputs
 from tasks.common import flow_run_tags
 from tasks.evaluate import evaluate_model
 from tasks.generate import fingerprint_model
@@ -46,9 +48,12 @@ from tasks.score import score_stage
 from tasks.train import train_student
 
 
-@flow(name="masters-distill", log_prints=True)
-def distill_flow(config: dict | None = None, progress: bool = False) -> dict:
-    cfg = from_public(config)
+@flow(name="masters-distill", flow_run_name=flow_run_namer("distill"), log_prints=True)
+def distill_flow(params: DistillParams = DistillParams(), config: dict | None = None,
+                 progress: bool = False) -> dict:
+    """`params` is the deployment's form (a preset + typed settings); `config`, a resolved
+    `public_dict()`, takes its place when given (the CLI and tests resolve their own)."""
+    cfg = from_public(config) if config is not None else params.to_config()
     public = cfg.public_dict()
     logger = get_run_logger()
     tracker = Tracker(cfg.tracking)
@@ -56,6 +61,8 @@ def distill_flow(config: dict | None = None, progress: bool = False) -> dict:
     status = "FAILED"
     try:
         tracker.log_params(parent, public)
+        # 0. Storage, checkpoints and data checked before any work (docs/reliability.md).
+        check_inputs(public)
         tables, manifests, scores = [], [], []
         if cfg.training.objective == "masters":  # the supervised baseline needs none of 1-3
             # 1. Masked teachers: tables and fingerprints.

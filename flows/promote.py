@@ -16,6 +16,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.params import PromoteParams
 from masters import registry
 from masters.config import from_public
 from masters.tracking import Tracker
@@ -43,12 +44,14 @@ def move_champion(cfg_json: dict, version: str | None, rollback: bool, gated: bo
 
 
 @flow(name="masters-promote", log_prints=True)
-def promote_flow(config: dict | None = None, version: str | int | None = None,
-                 rollback: bool = False, gated: bool = False) -> dict:
-    """Champion to `version` (by hand, or through the gate with `gated`), or roll back."""
+def promote_flow(params: PromoteParams = PromoteParams(), config: dict | None = None) -> dict:
+    """Champion to `params.version` (by hand, or through the gate with `gated`), or roll back.
+
+    `config`, a resolved `public_dict()`, replaces the preset when given (CLI, tests)."""
+    version, rollback, gated = params.version, params.rollback, params.gated
     if rollback == (version is not None):
         raise ValueError("give exactly one of: a version to promote, or rollback=True")
-    cfg = from_public(config)
+    cfg = from_public(config) if config is not None else params.to_config()
     out = move_champion(cfg.public_dict(), None if version is None else str(version),
                         rollback, gated)
     text = (f"# masters-promote: {out['name']}\n\n"

@@ -31,6 +31,13 @@ def git_sha() -> str:
         return "unknown"
 
 
+# Task results are small JSON documents (cache keys, URIs, metrics), never models or tensors.
+# Persisting them is what Prefect's caching needs: a failed flow run retried from the UI (same
+# run id, default cache policy) skips the tasks that had completed. They go to
+# PREFECT_RESULTS_LOCAL_STORAGE_PATH, or to S3 with PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK
+# (docs/deployments.md). JSON, not pickle: nothing executable is read back.
+PERSIST = {"persist_result": True, "result_serializer": "json"}
+
 # Retries are for transient storage/network failures only: a deterministic error (bad config,
 # bad data, a bug) or an out-of-memory fails the same way every time.
 TRANSIENT_RETRIES = 3

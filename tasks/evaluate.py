@@ -7,10 +7,11 @@ from prefect import get_run_logger, task
 from masters import data, evaluation, models, suites
 from masters.config import from_public
 from masters.tracking import Tracker
-from tasks.common import flow_run_tags
+from tasks.common import PERSIST, flow_run_tags
 
 
-@task(name="evaluate-model")
+# log_prints off: building the split may print through dill (see tasks.generate).
+@task(name="evaluate-model", log_prints=False, **PERSIST)
 def evaluate_model(
     cfg_json: dict, label: str, model_path: str, trust_remote_code: bool,
     split: str, parent_run_id: str | None,

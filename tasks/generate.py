@@ -22,7 +22,7 @@ from masters.config import DataConfig, MastersConfig, from_public
 from masters.generation import LoadedModel, Shard
 from masters.masking import MaskedTeacher, ThresholdTable
 from masters.schedule import Stage
-from tasks.common import TRANSIENT_RETRIES, retry_transient
+from tasks.common import PERSIST, TRANSIENT_RETRIES, retry_transient
 
 
 class Resident:
@@ -104,12 +104,12 @@ RESIDENT = Resident()
 
 # log_prints off where the split may be built: dill (under `datasets`) captures a bytecode
 # disassembly from stdout, which a flow's log_prints would otherwise send to the run log.
-@task(name="train-question-ids", log_prints=False)
+@task(name="train-question-ids", **PERSIST, log_prints=False)
 def train_question_ids(cfg_json: dict) -> list[str]:
     return RESIDENT.ids(from_public(cfg_json).data)
 
 
-@task(name="fingerprint-model")
+@task(name="fingerprint-model", **PERSIST)
 def fingerprint_model(path: str, trust_remote_code: bool = False) -> str:
     """Weight hash of a checkpoint: part of every shard key that model's answers go into."""
     model, _ = models.load(path, trust_remote_code=trust_remote_code)
@@ -117,7 +117,7 @@ def fingerprint_model(path: str, trust_remote_code: bool = False) -> str:
 
 
 @task(name="plan-stage", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient,
-      log_prints=False)
+      log_prints=False, **PERSIST)
 def plan_stage(cfg_json: dict, stage: dict, teacher_fingerprint: str,
                student_fingerprint: str) -> dict:
     """The stage's shards, keys and cache status; loads no model."""
@@ -135,7 +135,7 @@ def plan_stage(cfg_json: dict, stage: dict, teacher_fingerprint: str,
 
 
 @task(name="generate-shard", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient,
-      log_prints=False)
+      log_prints=False, **PERSIST)
 def generate_shard(cfg_json: dict, stage: dict, shard: dict, table_key: str,
                    teacher_fingerprint: str, student_fingerprint: str) -> dict:
     """Sample one shard's answers (masked teacher, then student) into the cache."""
@@ -154,7 +154,8 @@ def generate_shard(cfg_json: dict, stage: dict, shard: dict, table_key: str,
     return {"key": shard["key"], "generated": written}
 
 
-@task(name="stage-manifest", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient)
+@task(name="stage-manifest", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient,
+      **PERSIST)
 def write_stage_manifest(cfg_json: dict, plan: dict) -> dict:
     """Store the stage's manifest once all its shards exist; return it with this run's counts."""
     cfg = from_public(cfg_json)
@@ -168,7 +169,8 @@ def write_stage_manifest(cfg_json: dict, plan: dict) -> dict:
         st, plan["shards"], cfg.generation, teacher_fingerprint=plan["teacher_fingerprint"],
         student_fingerprint=plan["student_fingerprint"])
     key = generation.manifest_key([s["key"] for s in plan["shards"]])
-    cache.put_json(store, key, manifest, if_absent=True)
+    if store.get_or_none(key) is None:  # missing, or corrupt (then deleted by the read)
+        cache.put_json(store, key, manifest, if_absent=True)
     cached = sum(s["cached"] for s in plan["shards"])
     return {**manifest, "manifest_key": key, "manifest_uri": store.uri(key),
             "cached": cached, "new": len(plan["shards"]) - cached}

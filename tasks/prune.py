@@ -9,7 +9,7 @@ from masters import bootstrap, cache, data, evaluation, mask_sweep, models, plot
 from masters.config import from_public
 from masters.masking import MaskScope, ThresholdTable, compute_thresholds
 from masters.tracking import Tracker
-from tasks.common import TRANSIENT_RETRIES, flow_run_tags, retry_transient
+from tasks.common import PERSIST, TRANSIENT_RETRIES, flow_run_tags, retry_transient
 
 
 def _teacher(cfg, name: str):
@@ -25,7 +25,8 @@ def table_key(fingerprint: str, ratios: list[float], scope: MaskScope) -> str:
     return cache.content_key("tables", parts, ".json")
 
 
-@task(name="prune-teacher", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient)
+@task(name="prune-teacher", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient,
+      **PERSIST)
 def prune_teacher(cfg_json: dict, teacher: str, parent_run_id: str | None) -> dict:
     """Compute (or find in the cache) the threshold table of one teacher; log its sparsity."""
     logger = get_run_logger()

@@ -8,15 +8,15 @@ from masters import data, evaluation, registry
 from masters.config import from_public
 from masters.schedule import build_schedule
 from masters.tracking import Tracker
-from tasks.common import flow_run_tags
+from tasks.common import PERSIST, flow_run_tags
 from tasks.generate import RESIDENT
 
-# Tag for a Prefect concurrency limit of 1 (`prefect concurrency-limit create masters-registry
-# 1`): MLflow aliases have no compare-and-set, so promotions are serialised here.
+# Registry moves are serialised by masters.registry's lock (docs/registry.md); the tag lets a
+# Prefect concurrency limit queue them too instead of having them wait on that lock.
 REGISTRY_TAG = "masters-registry"
 
 
-@task(name="register-promote", tags=[REGISTRY_TAG])
+@task(name="register-promote", tags=[REGISTRY_TAG], log_prints=False, **PERSIST)
 def register_and_promote(cfg_json: dict, trained: dict, results: list[dict],
                          manifests: list[dict], tables: list[dict],
                          parent_run_id: str | None) -> dict:

@@ -11,7 +11,7 @@ from masters import cache, models, plots, scoring
 from masters.config import from_public
 from masters.judge import hf_text_generator
 from masters.tracking import Tracker
-from tasks.common import TRANSIENT_RETRIES, flow_run_tags, retry_transient
+from tasks.common import PERSIST, TRANSIENT_RETRIES, flow_run_tags, retry_transient
 from tasks.generate import RESIDENT
 
 
@@ -41,7 +41,7 @@ def _judge(cfg, manifest):
 
 
 @task(name="score-stage", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient,
-      log_prints=False)
+      log_prints=False, **PERSIST)
 def score_stage(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> dict:
     """Score each shard of a stage manifest once; a re-run with the same config does no work."""
     logger = get_run_logger()

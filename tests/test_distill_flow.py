@@ -21,7 +21,7 @@ def _cfg(tmp_path, paths):
 
 def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch):
     cfg = _cfg(tmp_path, checkpoints)
-    out = distill_flow(cfg.public_dict())
+    out = distill_flow(config=cfg.public_dict())
     assert [m["ratio"] for m in out["manifests"]] == [0.05, 0.0]
     # Scores: one per generated answer, equal to the scorer applied to the answer text.
     store = cache.open_store(cfg.storage)
@@ -59,7 +59,7 @@ def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch
         raise AssertionError("re-scored a cached shard")
 
     monkeypatch.setattr(score_tasks.scoring, "score_records", no_scoring)
-    again = distill_flow(cfg.public_dict())
+    again = distill_flow(config=cfg.public_dict())
     assert all(s["new"] == 0 for s in again["scores"])
     assert again["trained"]["resumed_after"] == 1 and again["trained"]["steps"] == 4
 

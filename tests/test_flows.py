@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from flows import cli
 from flows.bootstrap import bootstrap_flow
 from flows.evaluate import evaluate_flow
+from flows.params import BootstrapParams
 from masters.config import load_config
 from masters.tracking import Tracker
 
@@ -23,7 +24,7 @@ def smoke_cfg(smoke_overrides):
 
 
 def test_bootstrap_flow_trains_ships_and_tracks(prefect_api, smoke_cfg, tmp_path):
-    manifests = bootstrap_flow(smoke_cfg.public_dict(), progress=False)
+    manifests = bootstrap_flow(config=smoke_cfg.public_dict(), progress=False)
     assert [m["name"] for m in manifests] == ["student", "large"]
     for m in manifests:
         path = Path(m["path"])
@@ -50,7 +51,7 @@ def test_bootstrap_flow_trains_ships_and_tracks(prefect_api, smoke_cfg, tmp_path
 
 
 def test_evaluate_flow_prints_per_family_table(prefect_api, smoke_cfg, tmp_path):
-    bootstrap_flow(smoke_cfg.public_dict(), only=["student"], progress=False)
+    bootstrap_flow(BootstrapParams(only=["student"]), config=smoke_cfg.public_dict())
     student = tmp_path / "bootstrap" / "student"
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -58,7 +59,7 @@ def test_evaluate_flow_prints_per_family_table(prefect_api, smoke_cfg, tmp_path)
         f"student.path={student}",
         f"teachers=[{{name: t, path: {student}}}]",
     ])
-    summary = evaluate_flow(cfg.public_dict())
+    summary = evaluate_flow(config=cfg.public_dict())
     labels = [r["label"] for r in summary["results"]]
     assert labels == ["student", "teacher:t"]
     assert summary["results"][0]["accuracy"] == summary["results"][1]["accuracy"]

@@ -13,6 +13,7 @@ import tasks.evaluate as evaluate_tasks
 import tasks.train as train_tasks
 from flows.cli import main as cli
 from flows.distill import distill_flow
+from flows.params import PromoteParams
 from flows.promote import promote_flow
 from masters import registry
 from masters.config import load_config
@@ -37,7 +38,7 @@ def test_distill_registers_failures_do_not_and_promote_flow(prefect_api, tmp_pat
     name = cfg.tracking.registered_model
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
-    out = distill_flow(cfg.public_dict())
+    out = distill_flow(config=cfg.public_dict())
     reg = out["registered"]
     assert reg["version"] == "1" and reg["decision"]["decision"] == "champion"
     assert registry.champion_version(client, name) == "1"
@@ -64,19 +65,33 @@ def test_distill_registers_failures_do_not_and_promote_flow(prefect_api, tmp_pat
         with monkeypatch.context() as m:
             m.setattr(module, attr, broken)
             with pytest.raises(RuntimeError, match="injected failure"):
-                distill_flow(cfg.public_dict())
+                distill_flow(config=cfg.public_dict())
         assert _versions(client, name) == ["1"]
         assert registry.champion_version(client, name) == "1"
 
     # By hand: a worse version 2 fails the gate, is made champion anyway, then rolled back.
     worse = client.create_model_version(name, source=client.get_model_version(name, "1").source,
                                         tags={"metrics.test/accuracy": "-1.0"})
-    gated = promote_flow(cfg.public_dict(), version=worse.version, gated=True)
+    public = cfg.public_dict()
+    gated = promote_flow(PromoteParams(version=worse.version, gated=True), config=public)
     assert gated["champion"] == "1"
-    manual = promote_flow(cfg.public_dict(), version=worse.version)
+    manual = promote_flow(PromoteParams(version=worse.version), config=public)
     assert manual == {"name": name, "champion": "2", "previous": "1",
                       "reason": "version 2 set by hand"}
     flags = [a for o in overrides for a in ("--set", o)]
     assert cli(["promote", "--rollback", "--config", str(SMOKE), *flags]) == 0
     assert registry.champion_version(client, name) == "1"
     assert cli(["promote", "--rollback", "--config", str(SMOKE), *flags]) == 1  # nothing left
+
+    # Re-evaluate the champion from the registry: downloaded, evaluated, tagged on the version.
+    from flows.evaluate import evaluate_flow
+    from flows.params import EvaluateParams
+
+    again = evaluate_flow(EvaluateParams(model_version="champion", teachers=False),
+                          config=cfg.public_dict())
+    [res] = again["results"]
+    assert res["label"] == "version:1" and res["accuracy"] == distilled["accuracy"]
+    assert float(client.get_model_version(name, "1").tags["masters.eval.test.accuracy"]) == (
+        res["accuracy"])
+    with pytest.raises(ValueError, match="no version with alias 'nonesuch'"):
+        evaluate_flow(EvaluateParams(model_version="nonesuch"), config=cfg.public_dict())

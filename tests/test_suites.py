@@ -129,7 +129,7 @@ def test_evaluate_flow_with_a_suite(prefect_api, tmp_path, smoke_overrides):
     cfg = load_config(root / "configs" / "smoke.yaml", [
         *smoke_overrides, f"student.path={student}", f"teachers=[{{name: t, path: {student}}}]",
         f"evaluation.suite={path}"])
-    out = evaluate_flow(cfg.public_dict())
+    out = evaluate_flow(config=cfg.public_dict())
     first = out["results"][0]
     assert first["suite"] == "s" and list(first["suite_tasks"]) == ["few", "yn"]
     assert first["suite_tasks"]["few"]["n"] == 5
