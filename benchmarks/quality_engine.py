@@ -112,15 +112,7 @@ def stage_groups(cfg: MastersConfig, store, stats: dict) -> tuple[list, dict[int
                 scored = scoring.score_records(records, labels, cfg.rewards)
                 cache.put_jsonl(store, key, scored)
             for r, s in zip(records, scored, strict=True):
-                qid = r["question_id"]
-                if qid not in groups:
-                    row = split[index[qid]]
-                    groups[qid] = training.Group(qid, np.asarray(row["image"].convert("RGB")),
-                                                 row["question"], [], [], [])
-                g = groups[qid]
-                g.answers.append(r["token_ids"])
-                g.accuracy.append(s["accuracy"])
-                g.sources.append(r["source"])
+                training.add_answer(groups, split, index, r, s["accuracy"])
         by_stage[stage.index] = list(groups.values())
     return stages, by_stage
 

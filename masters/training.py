@@ -54,6 +54,20 @@ class Group:
     sources: list[str] = field(default_factory=list)
 
 
+def add_answer(groups: dict[str, Group], split, index: dict[str, int], record: dict,
+               accuracy: float | None) -> None:
+    """Add one cached answer record to its question's group (created from the split row)."""
+    qid = record["question_id"]
+    if qid not in groups:
+        row = split[index[qid]]
+        groups[qid] = Group(qid, np.asarray(row["image"].convert("RGB")), row["question"],
+                            [], [], [])
+    g = groups[qid]
+    g.answers.append(record["token_ids"])
+    g.accuracy.append(accuracy)
+    g.sources.append(record["source"])
+
+
 def label_group(tokenizer, question_id: str, image: np.ndarray, question: str,
                 answer: str) -> Group:
     """The supervised baseline's group: the dataset answer + EOS as its only answer."""

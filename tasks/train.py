@@ -59,15 +59,8 @@ def _groups_for(cfg, manifest: dict, scores: dict, split, index: dict[str, int])
     groups: OrderedDict[str, training.Group] = OrderedDict()
     for shard in manifest["shards"]:
         for r in cache.get_jsonl(store, shard["key"]):
-            qid = r["question_id"]
-            if qid not in groups:
-                row = split[index[qid]]
-                groups[qid] = training.Group(qid, np.asarray(row["image"].convert("RGB")),
-                                             row["question"], [], [], [])
-            g = groups[qid]
-            g.answers.append(r["token_ids"])
-            g.accuracy.append(acc[(qid, r["source"], r["answer_index"])])
-            g.sources.append(r["source"])
+            training.add_answer(groups, split, index, r,
+                                acc[(r["question_id"], r["source"], r["answer_index"])])
     return list(groups.values())
 
 
