@@ -7,6 +7,7 @@ are reported with the column or row that caused them, before any model is loaded
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from masters import synthetic
@@ -129,11 +130,17 @@ def _check_rows(ds, split: str) -> None:
 
 
 def _check_image(raw, row: int, split: str) -> None:
+    with _image_errors(row, split), _open_image(raw, row, split) as im:
+        im.verify()
+
+
+@contextmanager
+def _image_errors(row: int, split: str):
+    """PIL's errors while opening or decoding one image, as a DataError naming the row."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with _open_image(raw, row, split) as im:
-            im.verify()
+        yield
     except Image.DecompressionBombError as exc:  # a few KB that decode to gigabytes
         raise DataError(f"row {row} of split {split!r}: image refused as a decompression "
                         f"bomb ({exc})") from exc
@@ -162,20 +169,11 @@ def image_sizes(ds, split: str, *, decode: bool = False) -> list[tuple[int, int]
     `verify` does not catch every truncated JPEG); a failure names the row.
     """
     import datasets
-    from PIL import Image, UnidentifiedImageError
 
     sizes = []
     for i, raw in enumerate(ds.cast_column("image", datasets.Image(decode=False))["image"]):
-        try:
-            with _open_image(raw, i, split) as im:
-                if decode:
-                    im.load()
-                sizes.append(im.size)
-        except Image.DecompressionBombError as exc:
-            raise DataError(f"row {i} of split {split!r}: image refused as a decompression "
-                            f"bomb ({exc})") from exc
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            if isinstance(exc, DataError):
-                raise
-            raise DataError(f"row {i} of split {split!r}: unreadable image ({exc})") from exc
+        with _image_errors(i, split), _open_image(raw, i, split) as im:
+            if decode:
+                im.load()
+            sizes.append(im.size)
     return sizes
