@@ -49,6 +49,20 @@ def versions() -> str:
     return ", ".join(out)
 
 
+def revision() -> str:
+    """The commit the numbers belong to, and whether the tree had uncommitted changes."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes" if dirty else "")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--only", action="append", choices=sorted(SECTIONS))
@@ -77,6 +91,7 @@ def main(argv=None) -> int:
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
         f"- machine: {machine()}\n"
         f"- versions: {versions()}\n"
+        f"- code: {revision()}\n"
         "- every ratio below is measured within this one run\n\n"
     )
     gpu = ("## GPU\n\nnot measured (no CUDA device in this run)\n" if not torch.cuda.is_available()

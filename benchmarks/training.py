@@ -1,7 +1,13 @@
-"""Training step cost on the embedded models: time per step and peak memory (RSS).
+"""Training step cost on the embedded models: time per step and peak memory (RSS), and
+training throughput with 1 vs 2 processes (data-parallel, torchrun + gloo).
 
 One Masters step = a teacher forward (no grad), a reference forward (no grad), a student
 forward + backward and an AdamW step, on `batch_groups` questions x 8 answers.
+
+Scaling runs `masters.train_entry --synthetic` (the pipeline's trainer on in-process groups,
+random-init embedded student and large teacher shapes) three ways on the same global batch:
+1 process x 1 thread, 1 process x 2 threads, 2 processes x 1 thread; throughput = groups
+trained / wall time of the training loop (start-up and model building excluded).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from pathlib import Path
 
 from masters import models, synthetic, training
 from masters.config import TrainingConfig
@@ -37,6 +44,39 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+SCALING = [("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2),
+           ("2 processes x 1 thread", 2, 1)]
+
+
+def scaling(groups: int = 128, batch_groups: int = 8, answers: int = 8) -> list[dict]:
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    rows = []
+    for label, nproc, threads in SCALING:
+        with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = str(sock.getsockname()[1])
+            sock.close()
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                   str(nproc), "--master_addr", "127.0.0.1", "--master_port", port,
+                   "-m", "masters.train_entry", "--synthetic", "--student-shape", "student",
+                   "--teacher-shape", "large", "--groups", str(groups), "--batch-groups",
+                   str(batch_groups), "--answers", str(answers), "--lr", "1e-4",
+                   "--out", tmp]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+            subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            summary = json.loads((Path(tmp) / "losses.json").read_text())["summary"]
+        rows.append({"label": label, "processes": nproc, "threads": threads,
+                     "groups": groups, "steps": summary["steps"], "train_s": summary["train_s"],
+                     "groups_per_s": groups / summary["train_s"]})
+    return rows
+
+
 def run(steps: int = 30) -> dict:
     """In a fresh process: peak RSS is per process, and earlier sections load bigger models."""
     import json
@@ -45,7 +85,9 @@ def run(steps: int = 30) -> dict:
 
     out = subprocess.run([sys.executable, "-m", "benchmarks.training", str(steps)],
                          check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["scaling"] = scaling()
+    return result
 
 
 def measure(steps: int) -> dict:
@@ -83,7 +125,23 @@ def markdown(r: dict) -> str:
         f"{r['rss_peak_mb']:.0f} MB |",
         f"| RSS before loading / after loading the models | {r['rss_start_mb']:.0f} MB / "
         f"{r['rss_models_loaded_mb']:.0f} MB |",
+        *_scaling_markdown(r.get("scaling") or []),
     ])
+
+
+def _scaling_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    base = rows[0]["groups_per_s"]
+    out = ["", f"Training throughput, 1 vs 2 processes (DDP, gloo; {rows[0]['groups']} "
+           f"questions x 8 answers, {rows[0]['steps']} steps of 8 questions; random-init "
+           "student and large shapes; `python -m masters.train_entry --synthetic` under "
+           "torchrun):", "", "| layout | training loop | questions/s | vs 1 x 1 |",
+           "|---|---|---|---|"]
+    for row in rows:
+        out.append(f"| {row['label']} | {row['train_s']:.1f} s | {row['groups_per_s']:.2f} | "
+                   f"{row['groups_per_s'] / base:.2f}x |")
+    return out
 
 
 if __name__ == "__main__":

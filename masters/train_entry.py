@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,11 @@ def synthetic_groups(processor, n: int = 6, g: int = 4, seed: int = 0,
 
 def run_synthetic(out: Path, cfg: TrainingConfig, n_groups: int, answers: int,
                   r_max: float = 0.05, dtype: torch.dtype = torch.float32,
-                  ragged: bool = False) -> dict:
+                  ragged: bool = False, student_shape: str = "smoke",
+                  teacher_shape: str = "smoke") -> dict:
     device = distributed.init("cpu")
-    student, processor = embedded.build("smoke", seed=1)
-    teacher, _ = embedded.build("smoke", seed=2)
+    student, processor = embedded.build(student_shape, seed=1)
+    teacher, _ = embedded.build(teacher_shape, seed=2)
     student, teacher = student.to(device, dtype), teacher.to(device, dtype).eval()
     tcfg = TeacherConfig(name="t", path="unused", r_max=r_max, step=0.05)
     stages = build_schedule([tcfg], n_groups)
@@ -71,8 +73,10 @@ def run_synthetic(out: Path, cfg: TrainingConfig, n_groups: int, answers: int,
     logged: list[dict] = []
     trainer = training.MastersTrainer(student, processor, cfg,
                                       log_metrics=lambda m, s: logged.append({"step": s, **m}))
+    t0 = time.perf_counter()
     summary = training.train(trainer, stages, lambda st: groups[st.start : st.stop],
                              stage_teacher, out / "checkpoints")
+    summary["train_s"] = time.perf_counter() - t0  # throughput benchmark (benchmarks.training)
     if distributed.is_main():
         (out / "losses.json").write_text(json.dumps(
             {"world_size": distributed.world_size(), "steps": logged, "summary": summary}))
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> dict:
     # the rounding noise of near-zero gradients (group advantages cancel) into +-lr steps.
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--ragged", action="store_true", help="groups of unequal size")
+    shapes = sorted(embedded.SHAPES)
+    p.add_argument("--student-shape", choices=shapes, default="smoke",
+                   help="--synthetic: student architecture (random init)")
+    p.add_argument("--teacher-shape", choices=shapes, default="smoke")
     args = p.parse_args(argv)
     try:
         if args.spec:
@@ -117,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = TrainingConfig(lr=args.lr, batch_groups=args.batch_groups, seed=args.seed,
                              objective=args.objective)
         return run_synthetic(args.out, cfg, args.groups, args.answers,
-                             dtype=getattr(torch, args.dtype), ragged=args.ragged)
+                             dtype=getattr(torch, args.dtype), ragged=args.ragged,
+                             student_shape=args.student_shape,
+                             teacher_shape=args.teacher_shape)
     finally:
         distributed.shutdown()
 
