@@ -74,10 +74,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors about the user's inputs or services: they carry the field/row/path, so the CLI
+    prints them as one line (Prefect has already logged the traceback); anything else is a
+    bug and keeps its traceback."""
+    from masters import cache, config, data, masking, models, registry, suites, training
+
+    return (config.ConfigError, data.DataError, models.ModelLoadError, masking.MaskError,
+            cache.CacheError, suites.SuiteError, training.TrainingError,
+            registry.RegistryBusyError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from masters.config import ConfigError, load_config
+    from masters.config import ConfigError
 
     args = _parser().parse_args(argv)
+    try:
+        return _run(args, argv)
+    except _user_errors() as exc:
+        print(f"masters: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from masters.config import ConfigError, load_config
+
     if args.command == "serve":
         from flows.serve import PREFECT_YAML, serve
 

@@ -34,6 +34,7 @@ from prefect.futures import as_completed
 from masters.config import from_public
 from masters.schedule import build_schedule
 from masters.tracking import Tracker
+from tasks.check import check_inputs
 from tasks.common import flow_run_tags
 from tasks.generate import (
     RESIDENT,
@@ -66,7 +67,8 @@ def generate_flow(
                                     "teachers": public["teachers"], "student": public["student"]})
 
         # 1-2. Masked teachers and the student, as cache keys and fingerprints only.
-        if tables is None:
+        if tables is None:  # run on its own (`masters generate`), not as distill's subflow
+            check_inputs(public)  # storage, checkpoints, data: before any work
             tables = [prune_teacher(public, t.name, parent) for t in cfg.teachers]
         by_teacher = {m["teacher"]: m for m in tables}
         lacking = [t.name for t in cfg.teachers if t.name not in by_teacher]

@@ -9,7 +9,9 @@ required and `mlflow ui --backend-store-uri sqlite:///.masters/mlflow.db` opens 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -110,7 +112,20 @@ class Tracker:
         return run.info.run_id
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        """Mark the run ended. Called from a `finally` while an error propagates, the run is
+        FAILED whatever `status` says, and a tracking failure here (MLflow down: often the very
+        error propagating) is logged instead of raised, so the first error reaches the user."""
+        failing = sys.exc_info()[1]
+        if failing is not None:
+            status = "FAILED"
+        try:
+            self.client.set_terminated(run_id, status=status)
+        except Exception as exc:
+            if failing is None:
+                raise
+            logging.getLogger(__name__).warning(
+                "could not mark MLflow run %s as FAILED (%s: %s)", run_id,
+                type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import pytest
 
@@ -50,6 +51,60 @@ def moto_s3():
                      aws_secret_access_key="fake-secret").create_bucket(Bucket="masters-gen")
         yield endpoint, "masters-gen"
         server.stop()
+
+
+@contextmanager
+def moto_iam_user(endpoint: str, prefix: str, admin_key_id: str, admin_secret: str):
+    """moto checking signatures against a fresh IAM user (allowed all of S3), then back off.
+
+    Creates the user (named `prefix` + a random suffix) with an access key, turns moto's
+    signature checks on through its `/moto-api/reset-auth` API, yields (key id, secret), and
+    restores the previous setting. The admin keys only have to pass while checks are off.
+    """
+    import json
+    import urllib.request
+    import uuid
+
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id=admin_key_id, aws_secret_access_key=admin_secret)
+    user = f"{prefix}{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+
+    def set_auth(count: str) -> str:
+        req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(),
+                                     headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(req) as resp:
+            return json.load(resp)["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
+
+    previous = set_auth("0")
+    try:
+        yield key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        set_auth(previous)
+
+
+def corrupt_object(store, key: str) -> None:
+    """Flip one payload byte of a cache object behind the store's back (local folder or S3):
+    the stored checksum no longer matches, so the next read must detect it."""
+    from masters import cache
+
+    if isinstance(store, cache.LocalStore):
+        path = store.root / key
+        blob = bytearray(path.read_bytes())
+        blob[-2] ^= 0x20
+        path.write_bytes(bytes(blob))
+        return
+    name = f"{store.prefix}/{key}"
+    blob = bytearray(store.client.get_object(Bucket=store.bucket, Key=name)["Body"].read())
+    blob[-2] ^= 0x20
+    store.client.put_object(Bucket=store.bucket, Key=name, Body=bytes(blob))
 
 
 def save_smoke_models(folder, seeds: dict[str, int]) -> dict:

@@ -14,15 +14,14 @@ import socket
 import threading
 import time
 import traceback
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ConnectionClosedError
+from conftest import moto_iam_user
 from pydantic import SecretStr
 
 from masters import cache
@@ -387,30 +386,9 @@ def test_half_configured_credentials():
 
 @pytest.fixture
 def moto_auth(moto_endpoint):
-    """Make moto check signatures against its IAM users (moto's reset-auth API), then undo."""
-    iam = boto3.client(
-        "iam", endpoint_url=moto_endpoint, region_name="us-east-1",
-        aws_access_key_id=FAKE_KEY_ID, aws_secret_access_key=FAKE_SECRET,
-    )
-    user = f"cache-{uuid.uuid4().hex[:8]}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-    }))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-
-    def set_auth(count: str) -> str:
-        req = urllib.request.Request(f"{moto_endpoint}/moto-api/reset-auth", data=count.encode(),
-                                     headers={"Content-Type": "text/plain"})
-        with urllib.request.urlopen(req) as resp:
-            return json.load(resp)["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
-
-    previous = set_auth("0")
-    try:
-        yield key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        set_auth(previous)
+    """Make moto check signatures against a fresh IAM user (moto's reset-auth API), then undo."""
+    with moto_iam_user(moto_endpoint, "cache-", FAKE_KEY_ID, FAKE_SECRET) as key:
+        yield key
 
 
 def test_wrong_credentials(moto_endpoint, moto_auth, caplog):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import corrupt_object
 from pydantic import SecretStr
 
 from masters import cache, embedded, generation, models, synthetic
@@ -232,20 +233,6 @@ def _store(kind: str, tmp_path, moto) -> cache.Store:
         access_key_id=SecretStr("AKIAFAKEFAKEFAKE0002"), secret_access_key=SecretStr("x")))
 
 
-def _corrupt(store: cache.Store, key: str) -> None:
-    """Flip one payload byte behind the store's back: the stored checksum no longer matches."""
-    if isinstance(store, cache.LocalStore):
-        path = store.root / key
-        blob = bytearray(path.read_bytes())
-        blob[-2] ^= 0x20
-        path.write_bytes(bytes(blob))
-        return
-    name = f"{store.prefix}/{key}"
-    blob = bytearray(store.client.get_object(Bucket=store.bucket, Key=name)["Body"].read())
-    blob[-2] ^= 0x20
-    store.client.put_object(Bucket=store.bucket, Key=name, Body=bytes(blob))
-
-
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_stage_resumes_after_a_kill_and_heals_corruption(kind, pair, tmp_path, request,
                                                          monkeypatch):
@@ -278,7 +265,7 @@ def test_stage_resumes_after_a_kill_and_heals_corruption(kind, pair, tmp_path, r
     first = {p["key"]: cache.get_jsonl(store, p["key"]) for p in planned}
     assert sum(len(v) for v in first.values()) == 5 * 2
 
-    _corrupt(store, planned[1]["key"])
+    corrupt_object(store, planned[1]["key"])
     killer.calls = 0
     planned = run()
     assert [p["cached"] for p in planned] == [True, False, True]
@@ -361,7 +348,7 @@ def test_generate_flow_resumes_caches_and_regenerates(prefect_api, tmp_path, che
     monkeypatch.setattr(models, "load", load)
     key = manifests[1]["shards"][0]["key"]
     before = cache.get_jsonl(store, key)
-    _corrupt(store, key)
+    corrupt_object(store, key)
     # Not capsys: Prefect's log handler would keep its stream, closed after this test.
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import boto3
 import datasets
 import numpy as np
 import pytest
+from conftest import moto_iam_user
 from PIL import Image
 
 from flows import cli
@@ -363,27 +363,8 @@ def test_bad_input_fails_before_any_work(case, prefect_api, tmp_path, rel_models
 def moto_auth(moto_s3):
     """moto checking signatures (its reset-auth API) against one IAM user, then back off."""
     endpoint, _ = moto_s3
-    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                       aws_access_key_id="AKIAFAKEFAKEFAKE0002",
-                       aws_secret_access_key="fake-secret")
-    user = f"rel-{uuid.uuid4().hex[:8]}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-
-    def set_auth(count: str) -> str:
-        req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(),
-                                     headers={"Content-Type": "text/plain"})
-        with urllib.request.urlopen(req) as resp:
-            return json.load(resp)["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
-
-    previous = set_auth("0")
-    try:
-        yield key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        set_auth(previous)
+    with moto_iam_user(endpoint, "rel-", "AKIAFAKEFAKEFAKE0002", "fake-secret") as key:
+        yield key
 
 
 def _objects(endpoint: str, bucket: str, prefix: str, keys: tuple[str, str]) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
+from conftest import corrupt_object
 from mlflow import MlflowClient
 
 from masters import cache
@@ -45,20 +46,6 @@ def distill(cfg, printed: list[str] | None = None):
     if state.is_failed():
         return state, str(state.result(raise_on_failure=False)), None
     return state, None, state.result()
-
-
-def corrupt(store: cache.Store, key: str) -> None:
-    """Flip one payload byte behind the store's back: its checksum no longer matches."""
-    if isinstance(store, cache.LocalStore):
-        path = store.root / key
-        blob = bytearray(path.read_bytes())
-        blob[-2] ^= 0x20
-        path.write_bytes(bytes(blob))
-        return
-    name = f"{store.prefix}/{key}"
-    blob = bytearray(store.client.get_object(Bucket=store.bucket, Key=name)["Body"].read())
-    blob[-2] ^= 0x20
-    store.client.put_object(Bucket=store.bucket, Key=name, Body=bytes(blob))
 
 
 def generated(client, experiment: str, run_name: str, metric: str, after: set[str]) -> float:
@@ -173,7 +160,7 @@ def test_s3_errors_outage_and_corruption(prefect_api, moto_s3, rel_models, refer
     picked = {kind: next(k for k in ref if k.startswith(kind + "/"))
               for kind in ("tables", "shards", "scores", "manifests")}
     for key in picked.values():
-        corrupt(store, key)
+        corrupt_object(store, key)
     faults = S3Faults()
     faults.outage_ops = {"PutObject"}
     faults.install(monkeypatch)

@@ -1,0 +1,86 @@
+"""What the CLI and the tracker do when a run fails: one line naming the cause, the run FAILED.
+
+Not capsys: Prefect's log handler would keep its stream, closed after the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import pytest
+from conftest import smoke_distill_overrides
+
+from flows import cli
+from masters.config import load_config
+from masters.tracking import Tracker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_generate_checks_inputs_first_and_fails_in_one_line(prefect_api, tmp_path, checkpoints):
+    overrides = smoke_distill_overrides(tmp_path, checkpoints)
+    overrides.append(f"student.path={tmp_path / 'no-such-student'}")
+    rc, out, err = _cli(["generate", "--config", str(ROOT / "configs/smoke.yaml"),
+                         "--no-progress", *[x for o in overrides for x in ("--set", o)]])
+    assert rc == 1 and out == ""
+    last = err.strip().splitlines()[-1]  # Prefect's log above it keeps the traceback
+    assert last.startswith("masters: ModelLoadError: student.path: ")
+    assert "no-such-student" in last and "does not exist" in last
+    # Checked before any work: no threshold table, no shard, nothing in the cache.
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+
+
+def test_config_errors_still_exit_2(tmp_path):
+    rc, _, err = _cli(["config", "--set", "training.lr=-1"])
+    assert rc == 2 and err.startswith("masters: ") and "training.lr" in err
+
+
+def _tracker(tmp_path) -> Tracker:
+    return Tracker(load_config(overrides=[
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.artifact_location={tmp_path / 'art'}"]).tracking)
+
+
+def test_end_run_in_a_failing_finally_marks_failed(tmp_path):
+    tracker = _tracker(tmp_path)
+    run = tracker.start_run("r")
+    with pytest.raises(KeyError, match="boom"):
+        try:
+            raise KeyError("boom")
+        finally:
+            tracker.end_run(run)  # FINISHED by default, but an error is propagating
+    assert tracker.client.get_run(run).info.status == "FAILED"
+    ok = tracker.start_run("ok")
+    tracker.end_run(ok)
+    assert tracker.client.get_run(ok).info.status == "FINISHED"
+
+
+def test_tracking_down_at_end_run_keeps_the_first_error(tmp_path, monkeypatch, caplog):
+    tracker = _tracker(tmp_path)
+    run = tracker.start_run("r")
+
+    def down(*a, **k):
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr(tracker.client, "set_terminated", down)
+    with caplog.at_level(logging.WARNING, logger="masters.tracking"):
+        with pytest.raises(ValueError, match="the first error"):
+            try:
+                raise ValueError("the first error")
+            finally:
+                tracker.end_run(run, "FAILED")
+    assert "could not mark MLflow run" in caplog.text and "unreachable" in caplog.text
+    # Without an error propagating, a tracking failure is the error.
+    with pytest.raises(ConnectionError):
+        tracker.end_run(run)
