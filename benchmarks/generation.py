@@ -16,6 +16,8 @@ from __future__ import annotations
 import tempfile
 import time
 
+import torch
+
 from masters import cache, generation, models, synthetic
 from masters.config import GenerationConfig
 from masters.masking import MaskedTeacher, compute_thresholds
@@ -29,22 +31,25 @@ def _rows(n: int):
     return [{"id": s.id, "question": s.question, "image": s.image} for s in samples]
 
 
-def run(repeats: int = 3) -> dict:
-    teacher_model, teacher_proc = models.load("embedded:large")
-    student_model, student_proc = models.load("embedded:student")
-    table = compute_thresholds(teacher_model, [0.2])
-    MaskedTeacher(teacher_model, table).set_ratio(0.2)
-    rows = _rows(N_QUESTIONS)
+def throughput(repeats: int = 3, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               n_questions: int = N_QUESTIONS) -> dict:
+    """Answers/s of each way of calling generation (see the module docstring), best of
+    `repeats`, with the embedded large teacher masked at r = 0.2 on `device` in `dtype`."""
+    teacher_model, teacher_proc = models.load("embedded:large", dtype=dtype, device=device)
+    MaskedTeacher(teacher_model, compute_thresholds(teacher_model, [0.2])).set_ratio(0.2)
+    rows = _rows(n_questions)
     images = [r["image"] for r in rows]
     questions = [r["question"] for r in rows]
-    out: dict = {"questions": N_QUESTIONS}
+    out: dict = {"questions": n_questions}
 
     def answers_per_second(batch_size: int, shared: bool) -> float:
         cfg = GenerationConfig(batch_size=batch_size)
+        _sync(device)
         t0 = time.perf_counter()
         answers = generation.sample_answers(teacher_model, teacher_proc, images, questions,
                                             cfg.teacher_answers, cfg, seed=0,
                                             shared_prefill=shared)
+        _sync(device)
         return sum(len(a) for a in answers) / (time.perf_counter() - t0)
 
     configs = {"batched": (32, True), "batched64": (64, True), "batched_plain": (32, False),
@@ -60,6 +65,18 @@ def run(repeats: int = 3) -> dict:
     out["batched64_speedup"] = best["batched64"] / out["single_answers_per_s"]
     out["batched_plain_speedup"] = best["batched_plain"] / out["single_answers_per_s"]
     out["repeats"] = repeats
+    return out
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(repeats: int = 3) -> dict:
+    out = throughput(repeats)
+    table = compute_thresholds(models.load("embedded:large")[0], [0.2])
+    rows = _rows(N_QUESTIONS)
 
     # A stage of 64 questions in shards of 16: first run (load + generate + store) vs a
     # re-run (plan only: every shard found, so no model is loaded).

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import generation, masking, quality, training
+from benchmarks import generation, gpu, masking, quality, training
 
 SECTIONS = {"masking": masking, "generation": generation, "training": training,
-            "quality": quality}
+            "quality": quality, "gpu": gpu}
 
 
 def machine() -> str:
@@ -81,7 +81,8 @@ def main(argv=None) -> int:
             continue
         print(f"benchmark: {name} ...", flush=True)
         results[name] = SECTIONS[name].run(**({"quick": args.quick} if quick_ok else {}))
-        parts.append(f"## {name}\n\n{SECTIONS[name].markdown(results[name])}\n")
+        title = "GPU (bf16)" if name == "gpu" else name
+        parts.append(f"## {title}\n\n{SECTIONS[name].markdown(results[name])}\n")
     command = ("make bench-quick" if args.quick else "make bench") if not args.only else (
         "python -m benchmarks.run " + " ".join(f"--only {n}" for n in names)
         + (" --quick" if args.quick else ""))
@@ -94,10 +95,8 @@ def main(argv=None) -> int:
         f"- code: {revision()}\n"
         "- every ratio below is measured within this one run\n\n"
     )
-    gpu = ("## GPU\n\nnot measured (no CUDA device in this run)\n" if not torch.cuda.is_available()
-           else "")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(header + "\n".join(parts) + ("\n" + gpu if gpu else ""))
+    Path(args.out).write_text(header + "\n".join(parts))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

@@ -17,6 +17,8 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 from masters import models, synthetic, training
 from masters.config import TrainingConfig
 from masters.schedule import Stage
@@ -90,26 +92,34 @@ def run(steps: int = 30) -> dict:
     return result
 
 
-def measure(steps: int) -> dict:
+def measure(steps: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
     rss_start = _rss_mb()
-    teacher, _ = models.load("embedded:large")
-    student, processor = models.load("embedded:student")
+    cuda = torch.device(device).type == "cuda"
+    teacher, _ = models.load("embedded:large", dtype=dtype, device=device)
+    student, processor = models.load("embedded:student", dtype=dtype, device=device)
     cfg = TrainingConfig(lr=1e-5, batch_groups=4)
     trainer = training.MastersTrainer(student, processor, cfg)
     trainer.setup()
     stage = Stage(0, "large", "embedded:large", 0.0, 0, steps * 4)
     groups = _groups(processor, steps * cfg.batch_groups)
     rss_loaded = _rss_mb()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(steps):
         batch = groups[i * cfg.batch_groups : (i + 1) * cfg.batch_groups]
         t0 = time.perf_counter()
         trainer.loss_step(batch, teacher.eval(), stage)
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return {"steps": steps, "batch_groups": cfg.batch_groups, "answers_per_step": 32,
-            "step_s_median": statistics.median(times[3:]),
-            "rss_start_mb": rss_start, "rss_models_loaded_mb": rss_loaded,
-            "rss_peak_mb": _rss_mb()}
+    out = {"steps": steps, "batch_groups": cfg.batch_groups, "answers_per_step": 32,
+           "step_s_median": statistics.median(times[3:]),
+           "rss_start_mb": rss_start, "rss_models_loaded_mb": rss_loaded,
+           "rss_peak_mb": _rss_mb()}
+    if cuda:
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def markdown(r: dict) -> str:

@@ -35,7 +35,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.evaluate import format_table
 from flows.generate import generate_flow
 from flows.params import DistillParams, flow_run_namer
-from masters import evaluation, plots
+from masters import evaluation, models, plots
 from masters.config import from_public
 from masters.tracking import Tracker
 from tasks.check import check_inputs
@@ -67,7 +67,8 @@ def distill_flow(params: DistillParams = DistillParams(), config: dict | None = 
         if cfg.training.objective == "masters":  # the supervised baseline needs none of 1-3
             # 1. Masked teachers: tables and fingerprints.
             tables = [prune_teacher(public, t.name, parent) for t in cfg.teachers]
-            student_fp = fingerprint_model(cfg.student.path, cfg.student.trust_remote_code)
+            student_fp = fingerprint_model(cfg.student.path, cfg.student.trust_remote_code,
+                                           models.dtype_name(cfg))
             # 2. Answers for every stage.
             manifests = generate_flow(public, tables=tables, student_fingerprint=student_fp,
                                       progress=progress)

@@ -31,6 +31,7 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from masters import models
 from masters.config import from_public
 from masters.schedule import build_schedule
 from masters.tracking import Tracker
@@ -75,7 +76,7 @@ def generate_flow(
         if lacking:
             raise ValueError(f"tables lack teacher(s) {lacking}; given: {sorted(by_teacher)}")
         student_fp = student_fingerprint or fingerprint_model(
-            cfg.student.path, cfg.student.trust_remote_code)
+            cfg.student.path, cfg.student.trust_remote_code, models.dtype_name(cfg))
 
         # 3-4. Stages, shards, and what the cache already holds.
         ids = train_question_ids(public)

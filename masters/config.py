@@ -276,6 +276,10 @@ class MastersConfig(BaseSettings):
 
     run_name: str = "masters"
     device: str = "auto"
+    # Weights of every model the run only reads: teachers, the judge, the student while it
+    # answers or is evaluated. auto = bfloat16 on a CUDA device that supports it, else float32.
+    # The student being trained keeps float32 master weights whatever this says.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     data: DataConfig = DataConfig()
     student: ModelRef = ModelRef(path="embedded:student")
     teachers: list[TeacherConfig] = Field(default_factory=_default_teachers, min_length=1)

@@ -31,6 +31,27 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def pick_dtype(requested: str = "auto", device: str | torch.device = "auto") -> torch.dtype:
+    """The config's `dtype` for models that are only read (see MastersConfig.dtype)."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    dev = pick_device(device) if isinstance(device, str) else device
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def inference_placement(cfg) -> dict:
+    """`models.load` keyword arguments for a model the run only reads: device and dtype."""
+    device = pick_device(cfg.device)
+    return {"device": device, "dtype": pick_dtype(cfg.dtype, device)}
+
+
+def dtype_name(cfg) -> str:
+    """`inference_placement`'s dtype as a name (for task parameters and cache keys)."""
+    return str(inference_placement(cfg)["dtype"]).removeprefix("torch.")
+
+
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 EMBEDDED_PREFIX = "embedded:"
 

@@ -23,9 +23,8 @@ def evaluate_model(
     cfg = from_public(cfg_json)
     suite = suites.load(cfg.evaluation.suite) if cfg.evaluation.suite else None
     dataset = None if suite else data.load_split(cfg.data, split)  # bad data fails before load
-    model, processor = models.load(
-        model_path, trust_remote_code=trust_remote_code, device=models.pick_device(cfg.device)
-    )
+    model, processor = models.load(model_path, trust_remote_code=trust_remote_code,
+                                   **models.inference_placement(cfg))
     opts = {"batch_size": cfg.evaluation.batch_size,
             "max_new_tokens": cfg.evaluation.max_new_tokens, "progress": True}
     if suite:

@@ -65,8 +65,8 @@ class Resident:
     def teacher(self, cfg: MastersConfig, stage: Stage, table_key: str,
                 fingerprint: str) -> LoadedModel:
         (t,) = [t for t in cfg.teachers if t.name == stage.teacher]
-        device = models.pick_device(cfg.device)
-        ident = (t.path, t.trust_remote_code, str(device), table_key)
+        place = models.inference_placement(cfg)
+        ident = (t.path, t.trust_remote_code, str(place), table_key)
         with self.lock:
             if self._teacher is None or self._teacher[0] != ident:
                 self._teacher = None  # free the previous teacher before loading the next
@@ -77,7 +77,7 @@ class Resident:
                     raise ValueError(f"threshold table {table_key} is for weights "
                                      f"{table.fingerprint}, the shard keys for {fingerprint}")
                 model, processor = models.load(t.path, trust_remote_code=t.trust_remote_code,
-                                               device=device)
+                                               **place)
                 # Checks the weights against the table's fingerprint, so against the keys too.
                 self._teacher = (ident, MaskedTeacher(model, table), processor)
             _, masked, processor = self._teacher
@@ -85,12 +85,12 @@ class Resident:
             return LoadedModel(masked.model, processor)
 
     def student(self, cfg: MastersConfig, fingerprint: str) -> LoadedModel:
-        device = models.pick_device(cfg.device)
-        ident = (cfg.student.path, cfg.student.trust_remote_code, str(device), fingerprint)
+        place = models.inference_placement(cfg)
+        ident = (cfg.student.path, cfg.student.trust_remote_code, str(place), fingerprint)
         with self.lock:
             if self._student is None or self._student[0] != ident:
                 self._student = None
-                model, processor = models.load(cfg.student.path, device=device,
+                model, processor = models.load(cfg.student.path, **place,
                                                trust_remote_code=cfg.student.trust_remote_code)
                 if models.fingerprint(model) != fingerprint:
                     raise ValueError(f"student at {cfg.student.path} changed since it was "
@@ -110,9 +110,11 @@ def train_question_ids(cfg_json: dict) -> list[str]:
 
 
 @task(name="fingerprint-model", **PERSIST)
-def fingerprint_model(path: str, trust_remote_code: bool = False) -> str:
-    """Weight hash of a checkpoint: part of every shard key that model's answers go into."""
-    model, _ = models.load(path, trust_remote_code=trust_remote_code)
+def fingerprint_model(path: str, trust_remote_code: bool = False,
+                      dtype: str = "float32") -> str:
+    """Weight hash of a checkpoint as held in `dtype` (a torch dtype's name): part of every
+    shard key that model's answers go into."""
+    model, _ = models.load(path, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype))
     return models.fingerprint(model)
 
 

@@ -34,7 +34,10 @@ def prune_teacher(cfg_json: dict, teacher: str, parent_run_id: str | None) -> di
     t = _teacher(cfg, teacher)
     scope = MaskScope(cfg.masking.include_embeddings, cfg.masking.include_lm_head)
     ratios = sorted(set(t.ratios()) | set(cfg.masking.sweep_ratios))
-    model, _ = models.load(t.path, trust_remote_code=t.trust_remote_code)
+    # In the dtype generation and training will hold it in: the table's fingerprint is of those
+    # bytes. On the CPU: thresholds need no accelerator.
+    model, _ = models.load(t.path, trust_remote_code=t.trust_remote_code,
+                           dtype=models.inference_placement(cfg)["dtype"])
     fp = models.fingerprint(model)
     store = cache.open_store(cfg.storage)
     key = table_key(fp, ratios, scope)
@@ -81,7 +84,7 @@ def sweep_teacher(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> 
     cfg = from_public(cfg_json)
     t = _teacher(cfg, manifest["teacher"])
     model, processor = models.load(t.path, trust_remote_code=t.trust_remote_code,
-                                   device=models.pick_device(cfg.device))
+                                   **models.inference_placement(cfg))
     table = ThresholdTable.from_dict(cache.get_json(cache.open_store(cfg.storage),
                                                     manifest["key"]))
     eval_data = bootstrap.eval_arrays(cfg.data.seed, "test", cfg.data.test_size) \

@@ -35,7 +35,7 @@ def _judge(cfg, manifest):
         (t,) = [t for t in cfg.teachers if t.name == manifest["teacher"]]
         ref = t
     model, processor = models.load(ref.path, trust_remote_code=ref.trust_remote_code,
-                                   device=models.pick_device(cfg.device))
+                                   **models.inference_placement(cfg))
     return hf_text_generator(model, processor, cfg.rewards.judge_max_new_tokens), (
         models.fingerprint(model))
 

@@ -41,7 +41,7 @@ class _Teachers:
             gc.collect()
             (t,) = [t for t in self.cfg.teachers if t.name == stage.teacher]
             model, processor = models.load(t.path, trust_remote_code=t.trust_remote_code,
-                                           device=models.pick_device(self.cfg.device))
+                                           **models.inference_placement(self.cfg))
             training.shared_vocab(self.student_processor, processor)
             table = ThresholdTable.from_dict(
                 cache.get_json(self.store, self.tables[stage.teacher]["key"]))

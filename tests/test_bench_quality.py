@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
+from benchmarks import quality
 from masters.config import load_config
-
-# benchmarks/ is not an installed package: `python -m benchmarks.run` runs from the root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import quality  # noqa: E402
 
 
 def test_shipped_row_table_resolves():

@@ -69,3 +69,42 @@ def _label(cfg, qid):
 
     ds = data.load_split(cfg.data, "train")
     return ds[[str(i) for i in ds["id"]].index(qid)]["answer"]
+
+
+def test_distill_flow_in_bf16(prefect_api, tmp_path, checkpoints):
+    """`dtype: bfloat16` (what `auto` picks on a GPU) through the whole flow, here on the CPU:
+    teachers are masked, answer and are fingerprinted in bf16, the trained student keeps
+    float32 weights."""
+    import torch
+
+    from masters import models
+    from masters.masking import ThresholdTable
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml",
+                      [*smoke_distill_overrides(tmp_path, checkpoints), "dtype=bfloat16",
+                       "promotion.register=false"])
+    out = distill_flow(config=cfg.public_dict())
+    teacher, _ = models.load(checkpoints["teacher"], dtype=torch.bfloat16)
+    (table,) = out["tables"]
+    assert table["fingerprint"] == models.fingerprint(teacher, cached=False)
+    store = cache.open_store(cfg.storage)
+    assert ThresholdTable.from_dict(cache.get_json(store, table["key"])).fingerprint == \
+        table["fingerprint"]
+    fp32, _ = models.load(checkpoints["teacher"])
+    assert models.fingerprint(fp32, cached=False) != table["fingerprint"]  # dtype is in it
+    from safetensors import safe_open
+
+    assert out["trained"]["steps"] == 4
+    path = Path(out["trained"]["student_path"]) / "model.safetensors"
+    with safe_open(path, "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def test_dtype_auto_is_float32_on_cpu_and_named_values_pass():
+    import torch
+
+    from masters import models
+
+    assert models.pick_dtype("auto", "cpu") == torch.float32
+    assert models.pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert models.dtype_name(load_config(overrides=["device=cpu"])) == "float32"
