@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -112,20 +111,27 @@ class Tracker:
         return run.info.run_id
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        """Mark the run ended. Called from a `finally` while an error propagates, the run is
-        FAILED whatever `status` says, and a tracking failure here (MLflow down: often the very
-        error propagating) is logged instead of raised, so the first error reaches the user."""
-        failing = sys.exc_info()[1]
-        if failing is not None:
-            status = "FAILED"
+        """Mark the run ended. Closing a FAILED run happens while an error propagates (often
+        the tracking server being down): a failure to close it is logged, not raised, so that
+        first error is the one the user sees."""
         try:
             self.client.set_terminated(run_id, status=status)
         except Exception as exc:
-            if failing is None:
+            if status != "FAILED":
                 raise
             logging.getLogger(__name__).warning(
                 "could not mark MLflow run %s as FAILED (%s: %s)", run_id,
                 type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+
+    @contextmanager
+    def ended(self, run_id: str) -> Iterator[str]:
+        """End `run_id` when the block exits: FINISHED, or FAILED if the block raised."""
+        try:
+            yield run_id
+        except BaseException:
+            self.end_run(run_id, "FAILED")
+            raise
+        self.end_run(run_id, "FINISHED")
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -39,13 +39,11 @@ def evaluate_model(
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"evaluate-{label}", parent_run_id=parent_run_id,
                                tags={**flow_run_tags(), "model_path": model_path})
-    try:
+    with tracker.ended(run_id):  # FAILED if the block raises
         tracker.log_params(run_id, {"label": label, "model_path": model_path, "split": split,
                                     "suite": suite.name if suite else "",
                                     "fingerprint": models.fingerprint(model)})
         tracker.log_metrics(run_id, {**result.as_metrics(f"{split}/"), "params": params})
-    finally:
-        tracker.end_run(run_id)
     logger.info("%s on %s: accuracy %.3f (n=%d)", label, suite.name if suite else split,
                 result.accuracy, result.n)
     out = {"label": label, "path": model_path, "accuracy": result.accuracy,

@@ -53,7 +53,7 @@ def prune_teacher(cfg_json: dict, teacher: str, parent_run_id: str | None) -> di
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"prune-{teacher}", parent_run_id=parent_run_id,
                                tags={**flow_run_tags(), "teacher_fingerprint": fp})
-    try:
+    with tracker.ended(run_id):  # FAILED if the block raises
         tracker.log_params(run_id, {"teacher": teacher, "path": t.path, "fingerprint": fp,
                                     "ratios": ratios, "scope": scope.__dict__,
                                     "table_uri": store.uri(key)})
@@ -72,8 +72,6 @@ def prune_teacher(cfg_json: dict, teacher: str, parent_run_id: str | None) -> di
         fig = plots.thresholds_by_tensor(table, f"{teacher}: per-tensor magnitude thresholds")
         tracker.log_figure(run_id, fig, "thresholds_by_tensor.png")
         plots.close(fig)
-    finally:
-        tracker.end_run(run_id)
     return {"teacher": teacher, "path": t.path, "fingerprint": fp, "key": key,
             "table_uri": store.uri(key), "ratios": ratios, "tensors": len(table.tensors)}
 
@@ -97,7 +95,7 @@ def sweep_teacher(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> 
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"mask-sweep-{t.name}", parent_run_id=parent_run_id,
                                tags=flow_run_tags())
-    try:
+    with tracker.ended(run_id):  # FAILED if the block raises
         tracker.log_params(run_id, {"teacher": t.name, "ratios": cfg.masking.sweep_ratios,
                                     "table_uri": manifest["table_uri"]})
         for row in rows:
@@ -109,8 +107,6 @@ def sweep_teacher(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> 
         tracker.log_figure(run_id, fig, "accuracy_vs_ratio.png")
         plots.close(fig)
         tracker.log_text(run_id, text, "accuracy_vs_ratio.md")
-    finally:
-        tracker.end_run(run_id)
     create_markdown_artifact(key=f"mask-sweep-{t.name}".lower().replace("_", "-"),
                              markdown=f"# Mask sweep of `{t.name}`\n\n{text}\n")
     return {"teacher": t.name, "rows": rows, "table": text}

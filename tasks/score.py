@@ -69,7 +69,7 @@ def score_stage(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> di
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"score-stage-{manifest['stage']}", parent_run_id=parent_run_id,
                                tags=flow_run_tags())
-    try:
+    with tracker.ended(run_id):  # FAILED if the block raises
         tracker.log_params(run_id, {"stage": manifest["stage"], "teacher": manifest["teacher"],
                                     "ratio": manifest["ratio"], "scorer": cfg.rewards.scorer,
                                     "labels_digest": digest})
@@ -81,8 +81,6 @@ def score_stage(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> di
         sample = _sample_rows(store, manifest, scored_all)
         if sample:
             tracker.log_table(run_id, sample, "sample_answers.json")
-    finally:
-        tracker.end_run(run_id)
     logger.info("stage %s: %d shards scored, %d cached; %s", manifest["stage"], new,
                 len(out) - new, {k: round(v, 3) for k, v in stats.items()
                                  if k.startswith("accuracy")})

@@ -52,21 +52,19 @@ def _tracker(tmp_path) -> Tracker:
         f"tracking.artifact_location={tmp_path / 'art'}"]).tracking)
 
 
-def test_end_run_in_a_failing_finally_marks_failed(tmp_path):
+def test_a_run_ends_failed_when_its_block_raises(tmp_path):
     tracker = _tracker(tmp_path)
-    run = tracker.start_run("r")
     with pytest.raises(KeyError, match="boom"):
-        try:
+        with tracker.ended(tracker.start_run("r")) as run:
             raise KeyError("boom")
-        finally:
-            tracker.end_run(run)  # FINISHED by default, but an error is propagating
     assert tracker.client.get_run(run).info.status == "FAILED"
-    ok = tracker.start_run("ok")
-    tracker.end_run(ok)
+    with tracker.ended(tracker.start_run("ok")) as ok:
+        pass
     assert tracker.client.get_run(ok).info.status == "FINISHED"
 
 
-def test_tracking_down_at_end_run_keeps_the_first_error(tmp_path, monkeypatch, caplog):
+def test_tracking_down_while_closing_a_failed_run_keeps_the_first_error(tmp_path, monkeypatch,
+                                                                       caplog):
     tracker = _tracker(tmp_path)
     run = tracker.start_run("r")
 
@@ -76,11 +74,9 @@ def test_tracking_down_at_end_run_keeps_the_first_error(tmp_path, monkeypatch, c
     monkeypatch.setattr(tracker.client, "set_terminated", down)
     with caplog.at_level(logging.WARNING, logger="masters.tracking"):
         with pytest.raises(ValueError, match="the first error"):
-            try:
+            with tracker.ended(run):
                 raise ValueError("the first error")
-            finally:
-                tracker.end_run(run, "FAILED")
     assert "could not mark MLflow run" in caplog.text and "unreachable" in caplog.text
-    # Without an error propagating, a tracking failure is the error.
+    # Closing a run that succeeded: the tracking failure is the error.
     with pytest.raises(ConnectionError):
         tracker.end_run(run)
