@@ -44,12 +44,12 @@ def throughput(repeats: int = 3, device: str = "cpu", dtype: torch.dtype = torch
 
     def answers_per_second(batch_size: int, shared: bool) -> float:
         cfg = GenerationConfig(batch_size=batch_size)
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         answers = generation.sample_answers(teacher_model, teacher_proc, images, questions,
                                             cfg.teacher_answers, cfg, seed=0,
                                             shared_prefill=shared)
-        _sync(device)
+        sync_device(device)
         return sum(len(a) for a in answers) / (time.perf_counter() - t0)
 
     configs = {"batched": (32, True), "batched64": (64, True), "batched_plain": (32, False),
@@ -68,9 +68,10 @@ def throughput(repeats: int = 3, device: str = "cpu", dtype: torch.dtype = torch
     return out
 
 
-def _sync(device) -> None:
+def sync_device(device) -> None:
+    """Wait for queued CUDA work, so a timer read after it measures the work (no-op on CPU)."""
     if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def run(repeats: int = 3) -> dict:

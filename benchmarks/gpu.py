@@ -29,11 +29,6 @@ from masters.masking import MaskedTeacher, compute_thresholds
 MASKING_SHAPE = embedded.ModelShape(512, 6, 8, 2048, 512, 8, 8, 1536)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def load_times(ckpt: Path, device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
     """Median seconds of a plain load and of a masked-teacher load onto `device`."""
     from transformers import AutoModelForImageTextToText
@@ -41,21 +36,21 @@ def load_times(ckpt: Path, device: torch.device, dtype: torch.dtype, repeats: in
     table = compute_thresholds(models.load(ckpt, dtype=dtype)[0], [0.2])
 
     def plain() -> float:
-        _sync(device)
+        generation.sync_device(device)
         t0 = time.perf_counter()
         model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=dtype,
                                                             use_safetensors=True).to(device)
-        _sync(device)
+        generation.sync_device(device)
         elapsed = time.perf_counter() - t0
         del model
         return elapsed
 
     def masked() -> float:
-        _sync(device)
+        generation.sync_device(device)
         t0 = time.perf_counter()
         model, _ = models.load(ckpt, dtype=dtype, device=device)
         MaskedTeacher(model, table).set_ratio(0.2)
-        _sync(device)
+        generation.sync_device(device)
         elapsed = time.perf_counter() - t0
         del model
         return elapsed
