@@ -36,9 +36,10 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         from masters import models
 
         cfg = context.model_config or {}
+        device = models.pick_device(cfg.get("device", "auto"))
         self.model, self.processor = models.load(
             context.artifacts["ckpt"], trust_remote_code=bool(cfg.get("trust_remote_code")),
-            device=models.pick_device(cfg.get("device", "auto")))
+            device=device, dtype=models.pick_dtype(cfg.get("dtype", "auto"), device))
         self.normalizer = models.PixelNormalizer.from_processor(self.processor)
         self.max_new_tokens = int(cfg.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         self.batch_size = int(cfg.get("batch_size", DEFAULT_BATCH_SIZE))

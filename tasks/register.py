@@ -51,7 +51,8 @@ def register_and_promote(cfg_json: dict, trained: dict, results: list[dict],
             tracker, run_id, trained["student_path"], name, lineage, metrics,
             model_config={"max_new_tokens": cfg.evaluation.max_new_tokens,
                           "batch_size": cfg.evaluation.batch_size,
-                          "trust_remote_code": cfg.student.trust_remote_code})
+                          "trust_remote_code": cfg.student.trust_remote_code,
+                          "dtype": cfg.dtype})
         p = cfg.promotion
         baseline = None
         if p.first_must_beat_initial and p.gate_metric.endswith("/accuracy"):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from masters import embedded, models, registry, synthetic
+from masters import embedded, models, pyfunc_model, registry, synthetic
 from masters.config import TrackingConfig, load_config
 from masters.tracking import Tracker
 
@@ -210,6 +210,26 @@ def test_champion_loads_and_answers_like_the_checkpoint(tracker, checkpoint, tmp
     one = pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode()],
                         "question": [samples[0].question]})
     assert len(served.predict(one, params={"max_new_tokens": 1})) == 1
+
+
+def test_served_model_uses_the_recorded_dtype(tracker, checkpoint):
+    import torch
+
+    run_id = tracker.start_run("register")
+    with tracker.ended(run_id):
+        version = registry.register_student(
+            tracker, run_id, checkpoint, NAME, {}, {"test/accuracy": 0.5},
+            model_config={"max_new_tokens": 3, "dtype": "bfloat16"})
+    served = mlflow.pyfunc.load_model(registry.model_uri(NAME, version=version))
+    inner = served.unwrap_python_model()
+    assert {p.dtype for p in inner.model.parameters()} == {torch.bfloat16}
+    samples = [synthetic.make_sample(0, "test", i) for i in range(2)]
+    frame = pd.DataFrame({"image": [pyfunc_model.png_base64(s.image) for s in samples],
+                          "question": [s.question for s in samples]})
+    model, processor = models.load(checkpoint, dtype=torch.bfloat16)
+    pixels = models.PixelNormalizer.from_processor(processor)([s.image for s in samples])
+    assert list(served.predict(frame)) == models.greedy_answers(
+        model, processor, [s.question for s in samples], pixels, 3)
 
 
 def test_tag_value_truncates_and_encodes():
