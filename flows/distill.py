@@ -78,7 +78,7 @@ def distill_flow(params: DistillParams = DistillParams(), config: dict | None = 
             tracker.log_figure(parent, fig, "plots/accuracy_by_stage.png")
             plots.close(fig)
         # 4. One training run over all stages.
-        trained = train_student(public, manifests, scores, tables, parent)
+        trained = train_student(public, manifests, scores, tables, parent, progress=progress)
         # 5. Held-out accuracy: distilled vs initial student vs teachers.
         targets = [("distilled", trained["student_path"], cfg.student.trust_remote_code),
                    ("student", cfg.student.path, cfg.student.trust_remote_code)]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import math
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
+from tqdm.auto import tqdm
 
 from masters import cache, distributed, models, training
 from masters.config import from_public
@@ -16,6 +18,39 @@ from masters.schedule import build_schedule
 from masters.tracking import BufferedMetrics, Tracker
 from tasks.common import PERSIST, flow_run_tags
 from tasks.generate import RESIDENT
+
+
+class TrainProgress:
+    """Optimizer steps done of the run: a tqdm bar (`progress`) and, inside a Prefect run, a
+    progress artifact (`training-progress`) moved at most once per whole percent."""
+
+    def __init__(self, total: int, show: bool, key: str = "training-progress"):
+        self.total, self.done, self.percent = max(total, 1), 0, 0
+        self.bar = tqdm(total=total, desc="train", unit="step", disable=not show)
+        self.artifact = None
+        from prefect.context import get_run_context
+
+        try:
+            get_run_context()
+        except Exception:  # noqa: BLE001 - torchrun (train_entry) runs without Prefect
+            return
+        from prefect.artifacts import create_progress_artifact
+
+        self.artifact = create_progress_artifact(
+            0.0, key=key, description=f"optimizer steps done (of {total})")
+
+    def __call__(self, step: int) -> None:
+        self.bar.update(step - self.done)
+        self.done = step
+        percent = min(100, math.floor(100 * step / self.total))
+        if self.artifact is not None and percent > self.percent:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(self.artifact, float(percent))
+        self.percent = max(self.percent, percent)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def run_key(manifests: list[dict], scores: list[dict], cfg) -> str:
@@ -82,7 +117,7 @@ def label_run_key(cfg, student_fingerprint: str) -> str:
 
 
 def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[dict],
-                 parent_run_id: str | None = None, log=None) -> dict:
+                 parent_run_id: str | None = None, log=None, progress: bool = False) -> dict:
     """The training job, outside Prefect so torchrun can start it on every rank
     (`python -m masters.train_entry --spec`); rank 0 alone tracks and saves."""
     device = distributed.init(cfg.device)
@@ -102,6 +137,7 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
     run_id = tracker.start_run("train", parent_run_id=parent_run_id, tags={
         **flow_run_tags(), "train_key": key}) if main else None
     status = "FAILED"
+    bar = None
     try:
         metrics = None
         if main:
@@ -112,7 +148,15 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
             tracker.log_dict(run_id, {"config": cfg.public_dict(), "manifests": manifests,
                                       "scores": scores, "tables": tables}, "train_inputs.json")
             metrics = BufferedMetrics(tracker, run_id)
-        trainer = training.MastersTrainer(student, processor, cfg.training, log_metrics=metrics)
+        steps = sum(math.ceil(st.size / cfg.training.batch_groups) for st in stages)
+        bar = TrainProgress(steps, progress) if main else None
+
+        def log_metrics(values: dict, step: int) -> None:
+            metrics(values, step)
+            bar(step)
+
+        trainer = training.MastersTrainer(student, processor, cfg.training,
+                                          log_metrics=log_metrics if main else None)
         if supervised:  # no teacher is ever loaded
             def groups_of(st):
                 return _label_groups(split, st, processor.tokenizer)
@@ -129,6 +173,7 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
         result = training.train(trainer, stages, groups_of, teacher_of, out_dir / "checkpoints")
         final = out_dir / "student"
         if main:
+            bar(trainer.step)  # a run resumed after its last stage logs no step
             metrics.flush()
             training.save_student(trainer.student, processor, final)  # atomic, write-once
             tracker.set_tags(run_id, {"student_path": str(final.resolve())})
@@ -138,6 +183,8 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
         status = "FINISHED"
     finally:
         if main:
+            if bar is not None:
+                bar.close()
             tracker.end_run(run_id, status)
     if log is not None:
         log.info("trained %d steps over %d stages (resumed after stage %s) -> %s",
@@ -174,7 +221,7 @@ def log_training_plots(tracker, run_id: str, log=None) -> None:
 
 @task(name="train-student", **PERSIST, log_prints=False)
 def train_student(cfg_json: dict, manifests: list[dict], scores: list[dict],
-                  tables: list[dict], parent_run_id: str | None) -> dict:
+                  tables: list[dict], parent_run_id: str | None, progress: bool = False) -> dict:
     """One process; for several, rerun the logged train_inputs.json under torchrun."""
     return run_training(from_public(cfg_json), manifests, scores, tables, parent_run_id,
-                        get_run_logger())
+                        get_run_logger(), progress=progress)

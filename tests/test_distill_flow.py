@@ -34,6 +34,15 @@ def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch
                 [a["text"] for a in answers], [_label(cfg, a["question_id"]) for a in answers])
     trained = out["trained"]
     assert trained["steps"] == 4 and trained["resumed_after"] == -1
+    # The Prefect UI shows training's progress like generation's.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-progress"])))
+    latest = max(progress, key=lambda a: a.created)
+    assert latest.data == 100.0 and "of 4" in latest.description
     assert (Path(trained["student_path"]) / "model.safetensors").is_file()
     labels = [r["label"] for r in out["results"]]
     assert labels == ["distilled", "student", "teacher:t"]
@@ -108,3 +117,16 @@ def test_dtype_auto_is_float32_on_cpu_and_named_values_pass():
     assert models.pick_dtype("auto", "cpu") == torch.float32
     assert models.pick_dtype("bfloat16", "cpu") == torch.bfloat16
     assert models.dtype_name(load_config(overrides=["device=cpu"])) == "float32"
+
+
+def test_train_progress_outside_prefect_counts_steps_without_an_artifact():
+    from tasks.train import TrainProgress
+
+    bar = TrainProgress(8, show=False)
+    assert bar.artifact is None  # torchrun ranks run without a Prefect context
+    for step in (1, 2, 5):
+        bar(step)
+    assert bar.done == 5 and bar.percent == 62
+    bar(8)
+    assert bar.percent == 100
+    bar.close()
