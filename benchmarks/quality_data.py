@@ -25,8 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-GRID, CELL = 4, 16
-SIZE = GRID * CELL
+# The board's geometry, shape and cell names are the embedded models' own (their 16 px patches
+# and word-level vocabulary); only the drawing and the questions differ.
+from masters.synthetic import CELL, CELLS, GRID, SHAPES
+from masters.synthetic import IMAGE_SIZE as SIZE
+
 # The same six names as the built-in task, drawn with other RGB values.
 COLORS = {
     "red": (200, 70, 60),
@@ -36,8 +39,6 @@ COLORS = {
     "purple": (140, 80, 170),
     "cyan": (70, 180, 190),
 }
-SHAPES = ("circle", "square", "triangle", "cross")
-CELLS = [f"{'abcd'[c]}{r + 1}" for r in range(GRID) for c in range(GRID)]
 FAMILIES = ("count", "color", "shape", "count_shape", "shape_of_color", "where_color",
             "compare_shape")
 SPLIT_OFFSETS = {"train": 10, "validation": 11, "test": 12}
