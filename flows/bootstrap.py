@@ -42,16 +42,12 @@ def bootstrap_flow(
     tracker = Tracker(cfg.tracking)
     parent = tracker.start_run("bootstrap", tags=flow_run_tags())
     tracker.log_params(parent, {"bootstrap": cfg.public_dict()["bootstrap"], "models": names})
-    status = "FAILED"
-    try:
+    with tracker.ended(parent):
         manifests = [
             bootstrap_model(cfg.public_dict(), name, parent, progress) for name in names
         ]
         for m in manifests:
             tracker.log_metrics(parent, {f"{m['name']}/test_accuracy": m["test_accuracy"]})
-        status = "FINISHED"
-    finally:
-        tracker.end_run(parent, status)
     logger = get_run_logger()
     for m in manifests:
         logger.info("%s: %.3f test accuracy at %s", m["name"], m["test_accuracy"], m["path"])

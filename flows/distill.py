@@ -58,8 +58,7 @@ def distill_flow(params: DistillParams = DistillParams(), config: dict | None = 
     logger = get_run_logger()
     tracker = Tracker(cfg.tracking)
     parent = tracker.start_run(f"distill-{cfg.run_name}", tags=flow_run_tags())
-    status = "FAILED"
-    try:
+    with tracker.ended(parent):
         tracker.log_params(parent, public)
         # 0. Storage, checkpoints and data checked before any work (docs/reliability.md).
         check_inputs(public)
@@ -99,9 +98,6 @@ def distill_flow(params: DistillParams = DistillParams(), config: dict | None = 
         tracker.log_text(parent, report, "report.md")
         create_markdown_artifact(key="distill-report", markdown=report,
                                  description=f"masters-distill {cfg.run_name}")
-        status = "FINISHED"
-    finally:
-        tracker.end_run(parent, status)
     return {"table": table, "results": results, "trained": trained, "manifests": manifests,
             "scores": scores, "tables": tables, "mlflow_run_id": parent,
             "registered": registered, "report": report}

@@ -40,8 +40,7 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams(), config: dict | None
     tracker.log_params(parent, {"data": cfg.public_dict()["data"], "split": split,
                                 "suite": cfg.evaluation.suite or "",
                                 "model_version": params.model_version or ""})
-    status = "FAILED"
-    try:
+    with tracker.ended(parent):
         with tempfile.TemporaryDirectory(prefix="masters-eval-") as tmp:
             if params.model_version:
                 version, path = fetch_version(cfg.public_dict(), params.model_version, tmp)
@@ -65,9 +64,6 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams(), config: dict | None
             by_task = format_suite_table(results)
             tracker.log_text(parent, by_task, "suite.md")
             table += "\n\n" + by_task
-        status = "FINISHED"
-    finally:
-        tracker.end_run(parent, status)
     tasks_ = sorted({k for r in results for k in r["per_task"]})
     create_table_artifact(
         key="accuracy",

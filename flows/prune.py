@@ -34,8 +34,7 @@ def prune_flow(config: dict | None = None, sweep: list[str] | None = None) -> di
         raise ValueError(f"cannot sweep unknown teacher(s) {unknown}; configured: {names}")
     tracker = Tracker(cfg.tracking)
     parent = tracker.start_run("prune", tags=flow_run_tags())
-    status = "FAILED"
-    try:
+    with tracker.ended(parent):
         public = cfg.public_dict()
         tracker.log_params(parent, {"teachers": public["teachers"], "masking": public["masking"]})
         manifests = [prune_teacher(public, name, parent) for name in names]
@@ -44,7 +43,4 @@ def prune_flow(config: dict | None = None, sweep: list[str] | None = None) -> di
         for s in sweeps:
             get_run_logger().info("accuracy of teacher %s by mask ratio:\n%s", s["teacher"],
                                   s["table"])
-        status = "FINISHED"
-    finally:
-        tracker.end_run(parent, status)
     return {"tables": manifests, "sweeps": sweeps, "mlflow_run_id": parent}

@@ -44,8 +44,7 @@ def bootstrap_model(
         f"bootstrap-{name}", parent_run_id=parent_run_id, tags=flow_run_tags()
     )
     tracker.log_params(run_id, {"model": name, **spec.__dict__})
-    status = "FAILED"
-    try:
+    with tracker.ended(run_id):
         out = Path(bcfg.out_dir)
         metrics = BufferedMetrics(tracker, run_id)
         result = bootstrap.train(
@@ -74,7 +73,6 @@ def bootstrap_model(
             markdown=_record_markdown(name, record),
             description=f"bootstrap of {name}",
         )
-        status = "FINISHED"
         return {
             "name": name,
             "path": str((out / name).resolve()),
@@ -84,8 +82,6 @@ def bootstrap_model(
             "wall_seconds": record["wall_seconds"],
             "mlflow_run_id": run_id,
         }
-    finally:
-        tracker.end_run(run_id, status)
 
 
 def _record_markdown(name: str, record: dict) -> str:

@@ -39,7 +39,7 @@ def evaluate_model(
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"evaluate-{label}", parent_run_id=parent_run_id,
                                tags={**flow_run_tags(), "model_path": model_path})
-    with tracker.ended(run_id):  # FAILED if the block raises
+    with tracker.ended(run_id):
         tracker.log_params(run_id, {"label": label, "model_path": model_path, "split": split,
                                     "suite": suite.name if suite else "",
                                     "fingerprint": models.fingerprint(model)})

@@ -53,7 +53,7 @@ def prune_teacher(cfg_json: dict, teacher: str, parent_run_id: str | None) -> di
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"prune-{teacher}", parent_run_id=parent_run_id,
                                tags={**flow_run_tags(), "teacher_fingerprint": fp})
-    with tracker.ended(run_id):  # FAILED if the block raises
+    with tracker.ended(run_id):
         tracker.log_params(run_id, {"teacher": teacher, "path": t.path, "fingerprint": fp,
                                     "ratios": ratios, "scope": scope.__dict__,
                                     "table_uri": store.uri(key)})
@@ -95,7 +95,7 @@ def sweep_teacher(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> 
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"mask-sweep-{t.name}", parent_run_id=parent_run_id,
                                tags=flow_run_tags())
-    with tracker.ended(run_id):  # FAILED if the block raises
+    with tracker.ended(run_id):
         tracker.log_params(run_id, {"teacher": t.name, "ratios": cfg.masking.sweep_ratios,
                                     "table_uri": manifest["table_uri"]})
         for row in rows:

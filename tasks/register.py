@@ -44,8 +44,7 @@ def register_and_promote(cfg_json: dict, trained: dict, results: list[dict],
     name = cfg.tracking.registered_model
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run("register", parent_run_id=parent_run_id, tags=run_tags)
-    status = "FAILED"
-    try:
+    with tracker.ended(run_id):
         tracker.log_dict(run_id, {"lineage": lineage, "metrics": metrics}, "lineage.json")
         version = registry.register_student(
             tracker, run_id, trained["student_path"], name, lineage, metrics,
@@ -62,9 +61,6 @@ def register_and_promote(cfg_json: dict, trained: dict, results: list[dict],
                                     p.greater_is_better, baseline)
         tracker.set_tags(run_id, {"registered_model": name, "model_version": version,
                                   "promotion.decision": decision["decision"]})
-        status = "FINISHED"
-    finally:
-        tracker.end_run(run_id, status)
     logger.info("registered %s version %s: %s (%s)", name, version, decision["decision"],
                 decision["reason"])
     return {"name": name, "version": version, "model_uri": registry.model_uri(name, version),

@@ -69,7 +69,7 @@ def score_stage(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> di
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"score-stage-{manifest['stage']}", parent_run_id=parent_run_id,
                                tags=flow_run_tags())
-    with tracker.ended(run_id):  # FAILED if the block raises
+    with tracker.ended(run_id):
         tracker.log_params(run_id, {"stage": manifest["stage"], "teacher": manifest["teacher"],
                                     "ratio": manifest["ratio"], "scorer": cfg.rewards.scorer,
                                     "labels_digest": digest})
