@@ -36,10 +36,9 @@ from masters.config import from_public
 from masters.schedule import build_schedule
 from masters.tracking import Tracker
 from tasks.check import check_inputs
-from tasks.common import flow_run_tags
+from tasks.common import Progress, flow_run_tags
 from tasks.generate import (
     RESIDENT,
-    ShardProgress,
     fingerprint_model,
     generate_shard,
     plan_stage,
@@ -89,7 +88,8 @@ def generate_flow(
                     cached, total - cached)
 
         # 5. The missing shards, one stage at a time (one teacher resident at a time).
-        bar = ShardProgress(total, cached, progress)
+        bar = Progress(total, key="generation-progress", desc="generate", unit="shard",
+                       what="shards generated or found in the cache", done=cached, show=progress)
         try:
             for plan in plans:
                 table = by_teacher[plan["stage"]["teacher"]]

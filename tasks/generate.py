@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from tqdm.auto import tqdm
 
 from masters import cache, data, generation, models
 from masters.config import DataConfig, MastersConfig, from_public
@@ -177,26 +175,4 @@ def write_stage_manifest(cfg_json: dict, plan: dict) -> dict:
     return {**manifest, "manifest_key": key, "manifest_uri": store.uri(key),
             "cached": cached, "new": len(plan["shards"]) - cached}
 
-
-class ShardProgress:
-    """Shards done out of all shards of the run: a tqdm bar and a Prefect progress artifact."""
-
-    def __init__(self, total: int, done: int, show: bool, key: str = "generation-progress"):
-        self.total, self.done = total, done
-        self.bar = tqdm(total=total, initial=done, desc="generate", unit="shard",
-                        disable=not show)
-        self.artifact = create_progress_artifact(
-            self._percent(), key=key, description=f"shards generated or found in the cache "
-                                                 f"(of {total})")
-
-    def _percent(self) -> float:
-        return 100.0 * self.done / self.total if self.total else 100.0
-
-    def advance(self) -> None:
-        self.done += 1
-        self.bar.update(1)
-        update_progress_artifact(self.artifact, self._percent())
-
-    def close(self) -> None:
-        self.bar.close()
 

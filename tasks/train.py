@@ -9,48 +9,14 @@ from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
-from tqdm.auto import tqdm
 
 from masters import cache, distributed, models, training
 from masters.config import from_public
 from masters.masking import MaskedTeacher, ThresholdTable
 from masters.schedule import build_schedule
 from masters.tracking import BufferedMetrics, Tracker
-from tasks.common import PERSIST, flow_run_tags
+from tasks.common import PERSIST, Progress, flow_run_tags
 from tasks.generate import RESIDENT
-
-
-class TrainProgress:
-    """Optimizer steps done of the run: a tqdm bar (`progress`) and, inside a Prefect run, a
-    progress artifact (`training-progress`) moved at most once per whole percent."""
-
-    def __init__(self, total: int, show: bool, key: str = "training-progress"):
-        self.total, self.done, self.percent = max(total, 1), 0, 0
-        self.bar = tqdm(total=total, desc="train", unit="step", disable=not show)
-        self.artifact = None
-        from prefect.context import get_run_context
-
-        try:
-            get_run_context()
-        except Exception:  # noqa: BLE001 - torchrun (train_entry) runs without Prefect
-            return
-        from prefect.artifacts import create_progress_artifact
-
-        self.artifact = create_progress_artifact(
-            0.0, key=key, description=f"optimizer steps done (of {total})")
-
-    def __call__(self, step: int) -> None:
-        self.bar.update(step - self.done)
-        self.done = step
-        percent = min(100, math.floor(100 * step / self.total))
-        if self.artifact is not None and percent > self.percent:
-            from prefect.artifacts import update_progress_artifact
-
-            update_progress_artifact(self.artifact, float(percent))
-        self.percent = max(self.percent, percent)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def run_key(manifests: list[dict], scores: list[dict], cfg) -> str:
@@ -149,11 +115,12 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
                                       "scores": scores, "tables": tables}, "train_inputs.json")
             metrics = BufferedMetrics(tracker, run_id)
         steps = sum(math.ceil(st.size / cfg.training.batch_groups) for st in stages)
-        bar = TrainProgress(steps, progress) if main else None
+        bar = Progress(steps, key="training-progress", desc="train", unit="step",
+                       what="optimizer steps done", show=progress) if main else None
 
         def log_metrics(values: dict, step: int) -> None:
             metrics(values, step)
-            bar(step)
+            bar.update_to(step)
 
         trainer = training.MastersTrainer(student, processor, cfg.training,
                                           log_metrics=log_metrics if main else None)
@@ -173,7 +140,7 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
         result = training.train(trainer, stages, groups_of, teacher_of, out_dir / "checkpoints")
         final = out_dir / "student"
         if main:
-            bar(trainer.step)  # a run resumed after its last stage logs no step
+            bar.update_to(trainer.step)  # a run resumed after its last stage logs no step
             metrics.flush()
             training.save_student(trainer.student, processor, final)  # atomic, write-once
             tracker.set_tags(run_id, {"student_path": str(final.resolve())})

@@ -119,14 +119,14 @@ def test_dtype_auto_is_float32_on_cpu_and_named_values_pass():
     assert models.dtype_name(load_config(overrides=["device=cpu"])) == "float32"
 
 
-def test_train_progress_outside_prefect_counts_steps_without_an_artifact():
-    from tasks.train import TrainProgress
+def test_progress_outside_prefect_counts_without_an_artifact():
+    from tasks.common import Progress
 
-    bar = TrainProgress(8, show=False)
+    bar = Progress(8, key="training-progress", desc="train", unit="step", what="steps")
     assert bar.artifact is None  # torchrun ranks run without a Prefect context
     for step in (1, 2, 5):
-        bar(step)
-    assert bar.done == 5 and bar.percent == 62
-    bar(8)
-    assert bar.percent == 100
+        bar.update_to(step)
+    assert bar.done == 5 and bar.percent() == 62.5
+    bar.advance(3)
+    assert bar.done == 8 and bar.percent() == 100.0
     bar.close()
