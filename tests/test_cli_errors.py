@@ -46,6 +46,12 @@ def test_config_errors_still_exit_2(tmp_path):
     assert rc == 2 and err.startswith("masters: ") and "training.lr" in err
 
 
+def test_unknown_dtype_is_a_config_error_naming_the_field():
+    rc, out, err = _cli(["config", "--set", "dtype=float8"])
+    assert rc == 2 and out == "" and "dtype" in err and "float8" in err
+    assert "'auto', 'float32', 'bfloat16' or 'float16'" in err
+
+
 def _tracker(tmp_path) -> Tracker:
     return Tracker(load_config(overrides=[
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
