@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-e2e lint bootstrap bench bench-quick ui clean
+.PHONY: install run test test-e2e test-loaded lint bootstrap bench bench-quick ui clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ test: install
 test-e2e: install
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+# tests/reliability REPEAT times beside BUSY busy loops (flakiness under load): docs/reliability.md
+test-loaded: install
+	mkdir -p $(PREFECT_HOME)
+	REPEAT=$(or $(REPEAT),10) BUSY=$(or $(BUSY),2) tests/reliability/under_load.sh
 
 lint: install
 	$(BIN)/ruff check .

@@ -17,9 +17,9 @@ unique in every backing store, so creating the registered model `<name>_registry
 succeeds for one caller at a time: `registry_lock` is that mutex. Every alias move
 (`promote`, `set_champion`, `rollback`) and every version creation runs under it, so two
 promotions at once are serialised and the second compares with the first's result; two runs
-registering the same training find one version. A lock whose holder died (same host, process
-gone) is broken at once; any other after `LOCK_TTL_S`. `promote` still re-reads the champion
-before and after its write, for writers outside this module (the MLflow UI).
+registering the same training find one version (`masters.registry_lock` says why it holds
+under every interleaving). `promote` still re-reads the champion before and after its write,
+for writers outside this module (the MLflow UI).
 """
 
 from __future__ import annotations
@@ -27,15 +27,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import random
-import socket
 import time
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from masters.registry_lock import (  # noqa: F401 - part of this module's API
+    LOCK_OWNER_TAG,
+    LOCK_SUFFIX,
+    RegistryBusyError,
+    registry_lock,
+)
 
 log = logging.getLogger("masters.registry")
 
@@ -45,19 +47,6 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_VALUE_MAX = 5000
 METRIC_TAG = "metrics."
 PREVIOUS = "promotion.previous_champion"
-LOCK_SUFFIX = "_registry_lock"  # underscores: valid in Unity Catalog's three-part names too
-LOCK_OWNER_TAG = "masters.lock.owner"
-LOCK_TTL_S = 120.0  # a registry operation takes well under a second; a lock this old is stale
-LOCK_WAIT_S = 300.0
-
-
-# Stores that will never let us create the lock model: proceed unlocked rather than not at all.
-_LOCK_REFUSED = {"PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_PARAMETER_VALUE",
-                 "FEATURE_DISABLED"}
-
-
-class RegistryBusyError(RuntimeError):
-    """The registered model stayed locked by another live promotion for too long."""
 
 
 def _client(tracker_or_client):
@@ -160,83 +149,6 @@ def register_student(tracker_or_client, run_id: str, checkpoint_path: str | Path
         mv = client.create_model_version(name, source=info.model_uri, run_id=run_id,
                                          tags=tags, model_id=info.model_id)
     return str(mv.version)
-
-
-@contextmanager
-def registry_lock(client, name: str, *, wait_s: float = LOCK_WAIT_S,
-                  ttl_s: float = LOCK_TTL_S) -> Iterator[None]:
-    """Hold the registered model `name`'s mutex: the registered model `<name>_registry_lock`.
-
-    A store that refuses to create it (no permission to create registered models) gets a
-    warning and no lock: the re-reads in `promote` still narrow the race.
-    """
-    from mlflow.exceptions import MlflowException
-
-    client, lock = _client(client), name + LOCK_SUFFIX
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    deadline, delay = time.monotonic() + wait_s, 0.02
-    while True:
-        try:
-            client.create_registered_model(
-                lock, tags={LOCK_OWNER_TAG: owner},
-                description=f"mutex of {name!r}'s aliases and versions (masters.registry); "
-                            "delete it only if no promotion is running")
-            break
-        except MlflowException as exc:
-            code = str(exc.error_code)
-            if code in _LOCK_REFUSED:
-                log.warning("cannot create the registry lock %r (%s): going on without it",
-                            lock, code)
-                yield
-                return
-            if "ALREADY_EXISTS" not in code:
-                raise
-        holder = _break_if_stale(client, lock, ttl_s)
-        if time.monotonic() > deadline:
-            raise RegistryBusyError(
-                f"registered model {name!r} stayed locked by {holder} for {wait_s:.0f} s; if "
-                f"no promotion is running, delete the registered model {lock!r}")
-        time.sleep(delay * (1 + random.random()))
-        delay = min(2 * delay, 0.5)
-    try:
-        yield
-    finally:
-        try:
-            if client.get_registered_model(lock).tags.get(LOCK_OWNER_TAG) == owner:
-                client.delete_registered_model(lock)
-        except MlflowException:
-            pass  # already broken as stale; nothing of ours to release
-
-
-def _break_if_stale(client, lock: str, ttl_s: float) -> str | None:
-    """Delete the lock when its holder is gone; returns the holder."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        rm = client.get_registered_model(lock)
-    except MlflowException:
-        return None  # released meanwhile
-    holder = rm.tags.get(LOCK_OWNER_TAG, "")
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    dead = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
-    age = time.time() - (rm.creation_timestamp or 0) / 1000
-    if dead or age > ttl_s:
-        try:
-            client.delete_registered_model(lock)
-        except MlflowException:
-            pass
-    return holder or None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _same_student(client, name: str, tags: Mapping[str, str]) -> str | None:
