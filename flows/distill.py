@@ -79,11 +79,14 @@ def distill_flow(params: DistillParams = DistillParams(), config: dict | None = 
         # 4. One training run over all stages.
         trained = train_student(public, manifests, scores, tables, parent, progress=progress)
         # 5. Held-out accuracy: distilled vs initial student vs teachers.
-        targets = [("distilled", trained["student_path"], cfg.student.trust_remote_code),
-                   ("student", cfg.student.path, cfg.student.trust_remote_code)]
-        targets += [(f"teacher:{t.name}", t.path, t.trust_remote_code) for t in cfg.teachers]
-        results = [evaluate_model(public, label, path, trc, "test", parent)
-                   for label, path, trc in targets]
+        # The distilled student's folder holds its processor as configured (saved with it).
+        targets = [("distilled", trained["student_path"], cfg.student.trust_remote_code, None),
+                   ("student", cfg.student.path, cfg.student.trust_remote_code,
+                    cfg.student.processor)]
+        targets += [(f"teacher:{t.name}", t.path, t.trust_remote_code, t.processor)
+                    for t in cfg.teachers]
+        results = [evaluate_model(public, label, path, trc, "test", parent, proc)
+                   for label, path, trc, proc in targets]
         table = format_table(results)
         tracker.log_metrics(parent, evaluation.summary_metrics(results))
         tracker.log_text(parent, table, "accuracy.md")

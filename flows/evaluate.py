@@ -44,16 +44,18 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams(), config: dict | None
         with tempfile.TemporaryDirectory(prefix="masters-eval-") as tmp:
             if params.model_version:
                 version, path = fetch_version(cfg.public_dict(), params.model_version, tmp)
-                targets = [(f"version:{version}", str(path), cfg.student.trust_remote_code)]
+                targets = [(f"version:{version}", str(path), cfg.student.trust_remote_code,
+                            None)]  # the registered student carries its processor settings
             else:
                 version = None
-                targets = [("student", cfg.student.path, cfg.student.trust_remote_code)]
+                targets = [("student", cfg.student.path, cfg.student.trust_remote_code,
+                            cfg.student.processor)]
             if params.teachers:
-                targets += [(f"teacher:{t.name}", t.path, t.trust_remote_code)
+                targets += [(f"teacher:{t.name}", t.path, t.trust_remote_code, t.processor)
                             for t in cfg.teachers]
             public = cfg.public_dict()
-            results = [evaluate_model(public, label, path, trc, split, parent)
-                       for label, path, trc in targets]
+            results = [evaluate_model(public, label, path, trc, split, parent, proc)
+                       for label, path, trc, proc in targets]
         if version is not None:
             key = f"masters.eval.{cfg.evaluation.suite or split}.accuracy"
             tracker.client.set_model_version_tag(cfg.tracking.registered_model, version, key,

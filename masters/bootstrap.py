@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from masters import embedded, evaluation, models, synthetic
+from masters import embedded, evaluation, inputs, models, synthetic
 
 
 @dataclass
@@ -65,6 +65,16 @@ def eval_arrays(seed: int, split: str, size: int):
     )
 
 
+def label_batch(processor, samples) -> dict:
+    """Teacher-forcing batch on the labels (+ EOS, as generated answers end), with `labels`."""
+    tok = processor.tokenizer
+    answers = [[tok(s.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+               for s in samples]
+    enc = inputs.encode_forced(processor, [s.image for s in samples],
+                               [s.question for s in samples], answers)
+    return {**enc.inputs, "labels": enc.labels()}
+
+
 def train(
     spec: BootstrapSpec,
     out_dir: str | Path,
@@ -81,7 +91,6 @@ def train(
     dev = models.pick_device(device)
     model, processor = embedded.build(spec.shape, seed=spec.seed)
     model.to(dev).train()
-    normalizer = models.PixelNormalizer.from_processor(processor)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -112,12 +121,7 @@ def train(
             synthetic.make_sample(spec.data_seed, "train", i, aux_fraction=spec.aux_fraction)
             for i in idx
         ]
-        batch = models.encode_for_training(
-            processor,
-            [s.question for s in samples],
-            [s.answer for s in samples],
-            normalizer([s.image for s in samples]),
-        )
+        batch = label_batch(processor, samples)
         batch = {k: v.to(dev) for k, v in batch.items()}
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, spec)

@@ -39,14 +39,15 @@ def model_refs(cfg: MastersConfig) -> list[tuple[str, ModelRef]]:
 
 def check_model(setting: str, ref: ModelRef):
     """The checkpoint's processor, after the loading checks; ModelLoadError names `setting`."""
-    from transformers import AutoProcessor
-
     try:
         path = models.check(ref.path, trust_remote_code=ref.trust_remote_code)
     except models.ModelLoadError as exc:
         raise models.ModelLoadError(f"{setting}.path: {exc}") from None
     try:
-        return AutoProcessor.from_pretrained(path, trust_remote_code=ref.trust_remote_code)
+        return models.load_processor(path, ref.trust_remote_code, ref.processor)
+    except models.ModelLoadError as exc:
+        raise models.ModelLoadError(f"{setting}.path: {exc}".replace(
+            "the model's config section", f"{setting}")) from None
     except Exception as exc:  # noqa: BLE001 - many types (hub, remote code, bad files)
         raise models.ModelLoadError(
             f"{setting}.path: cannot load the processor of {ref.path!r} "
@@ -70,42 +71,11 @@ def check_models(cfg: MastersConfig) -> dict[str, Any]:
     return processors
 
 
-def _fixed_sizes(cfg: MastersConfig, processors: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """(width, height) each model's processor takes, for processors of one fixed size.
-
-    Training and evaluation feed pixels through the vectorised `PixelNormalizer`, which takes
-    that size only; processors that resize or tile (size None) take any image.
-    """
-    out = {}
-    for setting, processor in processors.items():
-        if setting == "rewards.judge":  # the judge reads text only
-            continue
-        try:
-            size = models.PixelNormalizer.from_processor(processor).size
-        except (AttributeError, KeyError, TypeError):
-            size = None
-        if size:
-            out[setting] = (size[1], size[0])
-    return out
-
-
-def check_split(cfg: MastersConfig, split: str, ds, sizes: dict[str, tuple[int, int]]) -> None:
-    if cfg.data.source == "synthetic":
-        from masters import synthetic
-
-        got = [(synthetic.IMAGE_SIZE, synthetic.IMAGE_SIZE)]  # rendered, always sound
-    else:
-        got = data.image_sizes(ds, split, decode=True)
-    for setting, want in sizes.items():
-        bad = [i for i, wh in enumerate(got) if tuple(wh) != want]
-        if bad:
-            w, h = got[bad[0]]
-            path = dict((s, r.path) for s, r in model_refs(cfg))[setting]
-            where = ("the synthetic images are" if cfg.data.source == "synthetic" else
-                     f"row {bad[0]} of split {split!r} (and {len(bad) - 1} more): image is")
-            raise data.DataError(
-                f"{where} {w}x{h} pixels, but the processor of {setting}.path ({path!r}) "
-                f"takes {want[0]}x{want[1]} only; resize the images to that size")
+def check_split(cfg: MastersConfig, split: str, ds) -> None:
+    """Every image decodes (once, fully; a failure names the row). Any size and mode is
+    taken: each model's processor resizes, tiles or pads as its family does."""
+    if cfg.data.source != "synthetic":  # rendered images are always sound
+        data.image_sizes(ds, split, decode=True)
 
 
 def check_inputs(cfg: MastersConfig,
@@ -113,9 +83,8 @@ def check_inputs(cfg: MastersConfig,
     """Raise on the first bad input; returns what was checked (for the run's log)."""
     store = cache.open_store(cfg.storage)
     processors = check_models(cfg)
-    sizes = _fixed_sizes(cfg, processors)
     train = load_split(cfg.data, "train")
-    check_split(cfg, "train", train, sizes)
+    check_split(cfg, "train", train)
     try:
         stages = build_schedule(cfg.teachers, len(train))
     except ValueError as exc:
@@ -126,6 +95,6 @@ def check_inputs(cfg: MastersConfig,
            "stages": len(stages)}
     if cfg.evaluation.suite is None:  # a suite brings and checks its own data
         test = load_split(cfg.data, "test")
-        check_split(cfg, "test", test, sizes)
+        check_split(cfg, "test", test)
         out["test"] = len(test)
     return out

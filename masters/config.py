@@ -62,6 +62,11 @@ class DataConfig(Section):
 class ModelRef(Section):
     path: str = Field(description="save_pretrained folder, hub id, or embedded:<name>")
     trust_remote_code: bool = False
+    processor: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments for AutoProcessor.from_pretrained, e.g. min_pixels / "
+                    "max_pixels (Qwen), do_image_splitting (SmolVLM), chat_template (a Jinja "
+                    "string, for checkpoints that ship none, such as PaliGemma)")
 
 
 class TeacherConfig(ModelRef):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from masters import models
+from masters import inputs
 
 
 def normalize(text: str) -> str:
@@ -44,17 +44,8 @@ def evaluate_arrays(
     progress: bool = False,
 ) -> EvalResult:
     """Greedy-decode every question and score it by normalised exact match."""
-    normalizer = models.PixelNormalizer.from_processor(processor)
-    preds: list[str] = []
-    was_training = model.training
-    model.eval()
-    steps = range(0, len(questions), batch_size)
-    for start in tqdm(steps, desc="evaluate", disable=not progress, leave=False):
-        sl = slice(start, start + batch_size)
-        pixels = normalizer(images[sl])
-        preds += models.greedy_answers(model, processor, questions[sl], pixels, max_new_tokens)
-    if was_training:
-        model.train()
+    preds = predict_arrays(model, processor, images, questions, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, progress=progress)
     hits: dict[str, list[bool]] = defaultdict(list)
     for p, a, t in zip(preds, answers, task_types, strict=True):
         hits[t].append(normalize(p) == normalize(a))
@@ -122,7 +113,6 @@ def predict_arrays(model, processor, images: Sequence[np.ndarray], questions: Se
                    batch_size: int = 64, max_new_tokens: int = 4,
                    progress: bool = False) -> list[str]:
     """Greedy answers only: suites score them with their own scorer."""
-    normalizer = models.PixelNormalizer.from_processor(processor)
     preds: list[str] = []
     was_training = model.training
     model.eval()
@@ -131,8 +121,8 @@ def predict_arrays(model, processor, images: Sequence[np.ndarray], questions: Se
             for start in tqdm(range(0, len(questions), batch_size), desc="evaluate",
                               disable=not progress, leave=False):
                 sl = slice(start, start + batch_size)
-                preds += models.greedy_answers(model, processor, questions[sl],
-                                               normalizer(images[sl]), max_new_tokens)
+                preds += inputs.greedy_answers(model, processor, images[sl], questions[sl],
+                                               max_new_tokens)
     finally:
         if was_training:
             model.train()

@@ -45,15 +45,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from masters import cache, models
+from masters import cache, inputs
 from masters.config import RATIO_DECIMALS, GenerationConfig
 from masters.schedule import Stage
 
 # Bump when the prompt format, the decoding of answers or the record layout changes: every
 # shard key changes with it, so answers produced by older code are never served.
 # 2: special tokens other than EOS are suppressed; 3: shared prefill (module docstring), which
-# changes the prompt's arithmetic (batch shape), so sampled answers may differ in rare draws.
-GENERATION_FORMAT = 3
+# changes the prompt's arithmetic (batch shape), so sampled answers may differ in rare draws;
+# 4: every family's prompt built by its own processor, padded vocabulary rows suppressed.
+GENERATION_FORMAT = 4
 
 
 class LoadedModel(NamedTuple):
@@ -79,13 +80,16 @@ def sampling_kwargs(cfg: GenerationConfig) -> dict[str, Any]:
     }
 
 
-def suppressed_tokens(tokenizer, eos: set[int]) -> list[int]:
-    """Special tokens an answer must never contain (image placeholders, padding, BOS).
+def suppressed_tokens(tokenizer, eos: set[int], model_vocab: int = 0) -> list[int]:
+    """Tokens an answer must never contain: special tokens (image placeholders, padding, BOS)
+    and the ids of padded embedding rows beyond the tokenizer (`model_vocab` rows in all).
 
     An answer holding the image token would make every later forward pass on it fail
-    ("image features and image tokens do not match"), and a weak model does sample it.
+    ("image features and image tokens do not match"), and a weak model does sample it; an id
+    past the tokenizer has no token and no teacher probability.
     """
-    return sorted(set(tokenizer.all_special_ids) - eos)
+    known = len(tokenizer.get_vocab())
+    return sorted((set(tokenizer.all_special_ids) - eos) | set(range(known, model_vocab)))
 
 
 def derive_seed(*parts: Any) -> int:
@@ -94,34 +98,9 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def encode(processor, images: Sequence[np.ndarray], questions: Sequence[str]) -> dict:
-    """Left-padded generation inputs for uint8 HxWx3 images.
-
-    Fixed-size images the processor would not resize take the vectorised path (milliseconds
-    per batch instead of per image); anything else (real checkpoints that resize, tile or
-    vary the image token count) goes through the processor itself.
-    """
-    try:
-        normalizer = models.PixelNormalizer.from_processor(processor)
-    except (AttributeError, KeyError, TypeError):
-        normalizer = None
-    if normalizer and normalizer.size and all(
-        tuple(im.shape[:2]) == normalizer.size for im in images
-    ):
-        return models.encode_for_generation(processor, questions, normalizer(images))
-    from PIL import Image
-
-    tok = processor.tokenizer
-    prompts = [models.prompt_text(processor, q) for q in questions]
-    old = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        # The chat template already holds BOS where the model wants one.
-        enc = processor(images=[Image.fromarray(im) for im in images], text=prompts,
-                        padding=True, return_tensors="pt", add_special_tokens=False)
-    finally:
-        tok.padding_side = old
-    return dict(enc)
+def encode(processor, images: Sequence, questions: Sequence[str]) -> dict:
+    """Left-padded generation inputs, built by the processor (masters.inputs)."""
+    return inputs.encode_prompts(processor, images, questions)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -130,6 +109,10 @@ def _eos_ids(model, tokenizer) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+def _rows(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
 
 
 def _answer(tokenizer, ids: list[int], eos: set[int]) -> Answer:
@@ -200,12 +183,12 @@ def sample_answers(
     for b, start in enumerate(range(0, len(questions), cfg.batch_size)):
         sl = slice(start, start + cfg.batch_size)
         batch = encode(processor, images[sl], questions[sl])
-        batch = {k: v.to(param.device, param.dtype if v.is_floating_point() else None)
-                 for k, v in batch.items()}
+        batch = inputs.to_model(batch, model)
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(derive_seed(seed, b))
             seqs = _generate(model, batch, n, image_token_id, shared_prefill, pad_token_id=pad,
-                             suppress_tokens=suppressed_tokens(tok, eos), **sampling_kwargs(cfg))
+                             suppress_tokens=suppressed_tokens(tok, eos, _rows(model)),
+                             **sampling_kwargs(cfg))
         new = seqs[:, batch["input_ids"].shape[1]:].tolist()
         out += [[_answer(tok, ids, eos) for ids in new[i : i + n]] for i in range(0, len(new), n)]
     return out
@@ -230,8 +213,9 @@ def sampling_settings(cfg: GenerationConfig) -> dict[str, Any]:
 def shard_key(
     teacher_fingerprint: str, ratio: float, student_fingerprint: str,
     question_ids: Sequence[str], gen_cfg: GenerationConfig, *, teacher_name: str,
-    content_digest: str,
+    content_digest: str, processors: Mapping[str, Any] | None = None,
 ) -> str:
+    """`processors`: the teacher's and student's processor settings (they change prompts)."""
     parts = {
         "generation_format": GENERATION_FORMAT,
         "teacher": {"name": teacher_name, "fingerprint": teacher_fingerprint,
@@ -240,6 +224,8 @@ def shard_key(
         "questions": {"ids": [str(q) for q in question_ids], "content": content_digest},
         "sampling": sampling_settings(gen_cfg),
     }
+    if processors and any(processors.values()):
+        parts["processors"] = dict(processors)
     return cache.content_key("shards", parts, ".jsonl")
 
 
@@ -310,6 +296,7 @@ def plan_stage(
     store: cache.Store, stage: Stage, question_ids: Sequence[str],
     rows_of: Callable[[Shard], Sequence[Mapping[str, Any]]], cfg: GenerationConfig, *,
     teacher_fingerprint: str, student_fingerprint: str,
+    processors: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Every shard of the stage with its key, URI and whether a sound copy is in the store.
 
@@ -321,7 +308,7 @@ def plan_stage(
     for shard in plan_shards(stage, question_ids, cfg.shard_size):
         key = shard_key(teacher_fingerprint, stage.ratio, student_fingerprint,
                         shard.question_ids, cfg, teacher_name=stage.teacher,
-                        content_digest=rows_digest(rows_of(shard)))
+                        content_digest=rows_digest(rows_of(shard)), processors=processors)
         planned.append({**shard.to_dict(), "key": key, "uri": store.uri(key),
                         "cached": store.get_or_none(key) is not None})
     return planned

@@ -1,4 +1,4 @@
-"""Load image-text-to-text checkpoints and turn (image, question[, answer]) into model inputs.
+"""Load image-text-to-text checkpoints safely and name their weights (fingerprints).
 
 One path for every checkpoint, embedded or real: `AutoModelForImageTextToText` +
 `AutoProcessor`, safetensors only, `trust_remote_code` off unless the config turns it on.
@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -141,13 +140,16 @@ def load(
     trust_remote_code: bool = False,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    processor_kwargs: dict | None = None,
 ):
     """(model, processor) from a local `save_pretrained` folder or a hub id (when online).
+
+    `processor_kwargs` go to `AutoProcessor.from_pretrained` (a model config's `processor`).
 
     A model loaded from a local folder remembers where it came from (`CheckpointOrigin`), so
     `fingerprint` and masking can skip work while its weights are untouched (see below).
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     path = check(path, trust_remote_code=trust_remote_code)
     local = Path(path)
@@ -157,13 +159,36 @@ def load(
         str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
         output_loading_info=True,
     )
-    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    processor = load_processor(path, trust_remote_code, processor_kwargs)
     model.to(device).eval()
     # Weights the files lack are initialised at random, differently at every load: such a
     # model is not a function of its files, so it gets no origin (and no cached fingerprint).
     if before is not None and not (info.get("missing_keys") or info.get("mismatched_keys")):
         _remember_origin(model, local, before, started_ns, dtype, trust_remote_code)
     return model, processor
+
+
+def load_processor(path: str, trust_remote_code: bool = False,
+                   processor_kwargs: dict | None = None):
+    """The checkpoint's processor, with the config's overrides; one with no chat template
+    (every prompt goes through it) is refused, naming the setting that provides one."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code,
+                                              **(processor_kwargs or {}))
+    if not getattr(processor, "chat_template", None):
+        raise ModelLoadError(
+            f"the processor of {str(path)!r} has no chat template (every prompt is built with "
+            "it); set one in the model's config section: processor: {chat_template: '...'}")
+    if getattr(processor, "tokenizer", None) is None:
+        raise ModelLoadError(f"the processor of {str(path)!r} has no tokenizer")
+    return processor
+
+
+def load_ref(ref, **placement):
+    """`load` for a config's model section (ModelRef): path, remote code, processor settings."""
+    return load(ref.path, trust_remote_code=ref.trust_remote_code,
+                processor_kwargs=ref.processor, **placement)
 
 
 # Checkpoint provenance and the fingerprint cache.
@@ -372,104 +397,6 @@ def file_mapped(model, o: CheckpointOrigin) -> set[str]:
     return out
 
 
-def prompt_text(processor, question: str, answer: str | None = None) -> str:
-    content = [{"type": "text", "text": question}, {"type": "image"}]
-    messages = [{"role": "user", "content": content}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return processor.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=answer is None
-    )
-
-
-@dataclass
-class PixelNormalizer:
-    """Vectorised copy of the image processor's rescale + normalise for fixed-size images.
-
-    The processor's own path handles arbitrary images but costs milliseconds per image;
-    training streams tens of thousands. A test pins this to the processor's output.
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-    scale: float
-    size: tuple[int, int]
-
-    @classmethod
-    def from_processor(cls, processor) -> PixelNormalizer:
-        ip = processor.image_processor
-        size = ip.size
-        hw = (size["height"], size["width"]) if "height" in size else None
-        return cls(
-            np.asarray(ip.image_mean, dtype=np.float32).reshape(1, 3, 1, 1),
-            np.asarray(ip.image_std, dtype=np.float32).reshape(1, 3, 1, 1),
-            float(ip.rescale_factor),
-            hw,
-        )
-
-    def __call__(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        batch = np.stack(images).astype(np.float32).transpose(0, 3, 1, 2)
-        if self.size and batch.shape[2:] != self.size:
-            raise ValueError(f"images must be {self.size}, got {batch.shape[2:]}")
-        return torch.from_numpy((batch * self.scale - self.mean) / self.std)
-
-
-_IMAGE_TOKEN_COUNTS: dict[int, int] = {}
-
-
-def image_token_count(processor) -> int:
-    """Image tokens one fixed-size image expands to, measured once through the processor."""
-    key = id(processor)
-    if key not in _IMAGE_TOKEN_COUNTS:
-        from PIL import Image
-
-        size = PixelNormalizer.from_processor(processor).size or (224, 224)
-        tok = processor.tokenizer
-        out = processor(images=[Image.new("RGB", size[::-1])], text=[processor.image_token])
-        ids = out["input_ids"][0]
-        image_id = tok.convert_tokens_to_ids(processor.image_token)
-        _IMAGE_TOKEN_COUNTS[key] = sum(1 for i in ids if i == image_id)
-    return _IMAGE_TOKEN_COUNTS[key]
-
-
-def _expand_image_tokens(processor, text: str) -> str:
-    token = processor.image_token
-    return text.replace(token, token * image_token_count(processor))
-
-
-def encode_for_training(
-    processor,
-    questions: Sequence[str],
-    answers: Sequence[str],
-    pixel_values: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """Right-padded teacher-forcing batch; labels cover only the answer tokens and </s>."""
-    tok = processor.tokenizer
-    prompts = [_expand_image_tokens(processor, prompt_text(processor, q)) for q in questions]
-    fulls = [
-        _expand_image_tokens(processor, prompt_text(processor, q, a))
-        for q, a in zip(questions, answers, strict=True)
-    ]
-    prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
-    full_ids = tok(fulls, add_special_tokens=False)["input_ids"]
-    width = max(len(x) for x in full_ids)
-    input_ids = torch.full((len(full_ids), width), tok.pad_token_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, -100)
-    for i, (p, f) in enumerate(zip(prompt_ids, full_ids, strict=True)):
-        if f[: len(p)] != p:
-            raise ValueError(f"prompt of sample {i} is not a prefix of its full text")
-        input_ids[i, : len(f)] = torch.tensor(f)
-        attention[i, : len(f)] = 1
-        labels[i, len(p) : len(f)] = torch.tensor(f[len(p) :])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "pixel_values": pixel_values,
-        "labels": labels,
-    }
-
-
 def tokenize_left_padded(tok, texts: Sequence[str]):
     """Left padding for `generate` (it appends on the right), restoring the tokenizer after."""
     old = tok.padding_side
@@ -478,30 +405,3 @@ def tokenize_left_padded(tok, texts: Sequence[str]):
         return tok(list(texts), add_special_tokens=False, padding=True, return_tensors="pt")
     finally:
         tok.padding_side = old
-
-
-def encode_for_generation(
-    processor, questions: Sequence[str], pixel_values: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Left-padded prompts (generation appends on the right)."""
-    prompts = [_expand_image_tokens(processor, prompt_text(processor, q)) for q in questions]
-    enc = tokenize_left_padded(processor.tokenizer, prompts)
-    return {
-        "input_ids": enc["input_ids"],
-        "attention_mask": enc["attention_mask"],
-        "pixel_values": pixel_values,
-    }
-
-
-@torch.no_grad()
-def greedy_answers(
-    model, processor, questions: Sequence[str], pixel_values: torch.Tensor, max_new_tokens: int
-) -> list[str]:
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    batch = encode_for_generation(processor, questions, pixel_values)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    batch["pixel_values"] = batch["pixel_values"].to(dtype)
-    out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens)
-    new = out[:, batch["input_ids"].shape[1] :]
-    return [s.strip() for s in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -40,29 +40,27 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         self.model, self.processor = models.load(
             context.artifacts["ckpt"], trust_remote_code=bool(cfg.get("trust_remote_code")),
             device=device, dtype=models.pick_dtype(cfg.get("dtype", "auto"), device))
-        self.normalizer = models.PixelNormalizer.from_processor(self.processor)
         self.max_new_tokens = int(cfg.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         self.batch_size = int(cfg.get("batch_size", DEFAULT_BATCH_SIZE))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        from masters import models
+        from masters import inputs
 
         params = params or {}
         max_new = int(params.get("max_new_tokens") or self.max_new_tokens)
-        images = [to_array(x, self.normalizer.size) for x in model_input["image"]]
+        images = [to_image(x) for x in model_input["image"]]
         questions = [str(q) for q in model_input["question"]]
         out: list[str] = []
         for i in range(0, len(questions), self.batch_size):
-            pixels = self.normalizer(images[i : i + self.batch_size])
-            out += models.greedy_answers(self.model, self.processor,
-                                         questions[i : i + self.batch_size], pixels, max_new)
+            sl = slice(i, i + self.batch_size)
+            out += inputs.greedy_answers(self.model, self.processor, images[sl], questions[sl],
+                                         max_new)
         return out
 
 
-def to_array(value, size: tuple[int, int] | None):
-    """PNG/JPEG bytes, a base64 string of them, a file path or a PIL image -> RGB uint8 array
-    at the processor's fixed size (resized only when it differs)."""
-    import numpy as np
+def to_image(value):
+    """PNG/JPEG bytes, a base64 string of them, a file path or a PIL image -> RGB PIL image,
+    at its own size: the model's processor resizes, tiles or keeps it as the family does."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
@@ -78,10 +76,7 @@ def to_array(value, size: tuple[int, int] | None):
     else:
         raise TypeError(f"image must be bytes, a base64 string, a path or a PIL image, got "
                         f"{type(value).__name__}")
-    img = img.convert("RGB")
-    if size is not None and img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-    return np.asarray(img)
+    return img.convert("RGB")
 
 
 def png_base64(array) -> str:

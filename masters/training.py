@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from masters import distributed, models, rewards
+from masters import distributed, inputs, rewards
 from masters.config import TrainingConfig
 from masters.losses import masters_loss, sft_loss, token_logprobs, upcast
 from masters.schedule import Stage
@@ -75,58 +75,48 @@ def label_group(tokenizer, question_id: str, image: np.ndarray, question: str,
     return Group(question_id, image, question, [ids], [None], ["label"])
 
 
-@dataclass
-class Encoded:
-    """A batch encoded for one model, with answer positions located in its own sequence."""
-
-    inputs: dict[str, torch.Tensor]
-    starts: torch.Tensor  # index of the first answer token in each row
-    targets: torch.Tensor  # (B, A) answer token ids, -100 past each answer's end
+Encoded = inputs.Forced  # a batch for one model, answer positions in its own sequence
 
 
 def encode_answers(processor, groups: Sequence[Group], device) -> Encoded:
-    """Prompt (image + question) followed by each answer, right-padded, one row per answer."""
+    """Prompt (image + question) followed by each answer, one row per answer, built by this
+    model's processor (each model of a run encodes with its own: image sizes, tiling and
+    image-token counts may differ between a student and its teacher)."""
     tok = processor.tokenizer
-    normalizer = models.PixelNormalizer.from_processor(processor)
     banned = set(tok.all_special_ids) - {tok.eos_token_id}
-    prompts, answers, images = [], [], []
     for g in groups:
-        text = models._expand_image_tokens(processor, models.prompt_text(processor, g.question))
-        ids = tok(text, add_special_tokens=False)["input_ids"]
         for j, a in enumerate(g.answers):
             if banned.intersection(a):
                 raise TrainingError(
                     f"answer {j} of question {g.question_id!r} contains special token(s) "
                     f"{sorted(banned.intersection(a))}; regenerate it with special tokens "
                     "suppressed")
-            prompts.append(ids)
-            answers.append(list(a))
-            images.append(g.image)
-    lengths = [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)]
-    width, a_width = max(lengths), max(1, max(len(a) for a in answers))
-    input_ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    targets = torch.full((len(prompts), a_width), -100, dtype=torch.long)
-    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        input_ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-        attention[i, : len(p) + len(a)] = 1
-        targets[i, : len(a)] = torch.tensor(a, dtype=torch.long)
-    pixels = normalizer(images)
-    starts = torch.tensor([len(p) for p in prompts])
-    inputs = {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixels}
-    return Encoded({k: v.to(device) for k, v in inputs.items()}, starts.to(device),
-                   targets.to(device))
+    enc = inputs.encode_forced(processor, [g.image for g in groups],
+                               [g.question for g in groups], [g.answers for g in groups])
+    device = torch.device(device)
+    return Encoded({k: v.to(device) for k, v in enc.inputs.items()}, enc.starts.to(device),
+                   enc.targets.to(device))
 
 
 def answer_logits(model, enc: Encoded, vocab: int) -> torch.Tensor:
-    """Logits predicting each answer token, (B, A, vocab): position start - 1 + j -> token j."""
-    dtype = next(model.parameters()).dtype
-    inputs = dict(enc.inputs, pixel_values=enc.inputs["pixel_values"].to(dtype))
-    logits = model(**inputs).logits
+    """Logits predicting each answer token, (B, A, vocab): position start - 1 + j -> token j.
+
+    Rows beyond the tokenizer's `vocab` (padded embedding rows) are dropped."""
+    logits = model(**inputs.to_model(enc.inputs, model)).logits
     span = torch.arange(enc.targets.shape[1], device=logits.device)
-    pos = (enc.starts.unsqueeze(1) - 1 + span).clamp(max=logits.shape[1] - 1)
+    pos = (enc.starts.to(logits.device).unsqueeze(1) - 1 + span).clamp(max=logits.shape[1] - 1)
     picked = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    return upcast(picked[..., :vocab])
+    return upcast(picked[..., :vocab]).to(enc.targets.device)
+
+
+def teacher_parts(teacher, student_processor):
+    """(model, processor) of a stage's teacher: a LoadedModel, or a bare model that shares
+    the student's processor (tests, the embedded family)."""
+    if teacher is None:
+        return None, None
+    if hasattr(teacher, "processor") and hasattr(teacher, "model"):
+        return teacher.model, teacher.processor
+    return teacher, student_processor
 
 
 def shared_vocab(student_processor, teacher_processor) -> int:
@@ -207,8 +197,13 @@ class MastersTrainer:
         return StepResult(logged, stats)
 
     def _masters_terms(self, groups, enc, mask, teacher):
+        t_model, t_processor = teacher_parts(teacher, self.processor)
         with torch.no_grad():
-            t_logits = answer_logits(teacher, enc, self.vocab) if teacher is not None else None
+            t_logits = None
+            if t_model is not None:
+                t_enc = (enc if t_processor is self.processor else
+                         encode_answers(t_processor, groups, self.device))
+                t_logits = answer_logits(t_model, t_enc, self.vocab)
             r_logits = answer_logits(self.ref, enc, self.vocab) if self.ref is not None else None
         s_logits = answer_logits(self.model, enc, self.vocab)
         adv, sums = self._advantages(groups, t_logits, s_logits.detach(), mask)

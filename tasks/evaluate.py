@@ -14,7 +14,7 @@ from tasks.common import PERSIST, flow_run_tags
 @task(name="evaluate-model", log_prints=False, **PERSIST)
 def evaluate_model(
     cfg_json: dict, label: str, model_path: str, trust_remote_code: bool,
-    split: str, parent_run_id: str | None,
+    split: str, parent_run_id: str | None, processor_kwargs: dict | None = None,
 ) -> dict:
     """Greedy-decode the split (or every task of the configured suite) with one model; log and
     return its accuracy by task type. With a suite, `split` only prefixes the metric names, so
@@ -24,6 +24,7 @@ def evaluate_model(
     suite = suites.load(cfg.evaluation.suite) if cfg.evaluation.suite else None
     dataset = None if suite else data.load_split(cfg.data, split)  # bad data fails before load
     model, processor = models.load(model_path, trust_remote_code=trust_remote_code,
+                                   processor_kwargs=processor_kwargs,
                                    **models.inference_placement(cfg))
     opts = {"batch_size": cfg.evaluation.batch_size,
             "max_new_tokens": cfg.evaluation.max_new_tokens, "progress": True}

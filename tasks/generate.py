@@ -64,7 +64,7 @@ class Resident:
                 fingerprint: str) -> LoadedModel:
         (t,) = [t for t in cfg.teachers if t.name == stage.teacher]
         place = models.inference_placement(cfg)
-        ident = (t.path, t.trust_remote_code, str(place), table_key)
+        ident = (t.path, t.trust_remote_code, repr(t.processor), str(place), table_key)
         with self.lock:
             if self._teacher is None or self._teacher[0] != ident:
                 self._teacher = None  # free the previous teacher before loading the next
@@ -74,8 +74,7 @@ class Resident:
                 if table.fingerprint != fingerprint:
                     raise ValueError(f"threshold table {table_key} is for weights "
                                      f"{table.fingerprint}, the shard keys for {fingerprint}")
-                model, processor = models.load(t.path, trust_remote_code=t.trust_remote_code,
-                                               **place)
+                model, processor = models.load_ref(t, **place)
                 # Checks the weights against the table's fingerprint, so against the keys too.
                 self._teacher = (ident, MaskedTeacher(model, table), processor)
             _, masked, processor = self._teacher
@@ -84,12 +83,12 @@ class Resident:
 
     def student(self, cfg: MastersConfig, fingerprint: str) -> LoadedModel:
         place = models.inference_placement(cfg)
-        ident = (cfg.student.path, cfg.student.trust_remote_code, str(place), fingerprint)
+        ident = (cfg.student.path, cfg.student.trust_remote_code, repr(cfg.student.processor),
+                 str(place), fingerprint)
         with self.lock:
             if self._student is None or self._student[0] != ident:
                 self._student = None
-                model, processor = models.load(cfg.student.path, **place,
-                                               trust_remote_code=cfg.student.trust_remote_code)
+                model, processor = models.load_ref(cfg.student, **place)
                 if models.fingerprint(model) != fingerprint:
                     raise ValueError(f"student at {cfg.student.path} changed since it was "
                                      f"fingerprinted ({fingerprint}); re-run the flow")
@@ -126,7 +125,9 @@ def plan_stage(cfg_json: dict, stage: dict, teacher_fingerprint: str,
     store = cache.open_store(cfg.storage)
     shards = generation.plan_stage(
         store, st, RESIDENT.ids(cfg.data), lambda s: RESIDENT.rows(cfg.data, s), cfg.generation,
-        teacher_fingerprint=teacher_fingerprint, student_fingerprint=student_fingerprint)
+        teacher_fingerprint=teacher_fingerprint, student_fingerprint=student_fingerprint,
+        processors={"teacher": next(t.processor for t in cfg.teachers if t.name == st.teacher),
+                    "student": cfg.student.processor})
     cached = sum(s["cached"] for s in shards)
     get_run_logger().info("stage %d (%s, ratio %s): %d shards, %d cached", st.index, st.teacher,
                           st.ratio, len(shards), cached)

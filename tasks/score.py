@@ -34,8 +34,7 @@ def _judge(cfg, manifest):
     if ref is None:
         (t,) = [t for t in cfg.teachers if t.name == manifest["teacher"]]
         ref = t
-    model, processor = models.load(ref.path, trust_remote_code=ref.trust_remote_code,
-                                   **models.inference_placement(cfg))
+    model, processor = models.load_ref(ref, **models.inference_placement(cfg))
     return hf_text_generator(model, processor, cfg.rewards.judge_max_new_tokens), (
         models.fingerprint(model))
 

@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 
 from masters import cache, distributed, models, training
 from masters.config import from_public
+from masters.generation import LoadedModel
 from masters.masking import MaskedTeacher, ThresholdTable
 from masters.schedule import build_schedule
 from masters.tracking import BufferedMetrics, Tracker
@@ -34,21 +35,20 @@ class _Teachers:
     def __init__(self, cfg, tables: dict[str, dict], student_processor):
         self.cfg, self.tables, self.student_processor = cfg, tables, student_processor
         self.store = cache.open_store(cfg.storage)
-        self.current: tuple[str, MaskedTeacher] | None = None
+        self.current: tuple[str, MaskedTeacher, object] | None = None
 
     def __call__(self, stage):
         if self.current is None or self.current[0] != stage.teacher:
             self.current = None
             gc.collect()
             (t,) = [t for t in self.cfg.teachers if t.name == stage.teacher]
-            model, processor = models.load(t.path, trust_remote_code=t.trust_remote_code,
-                                           **models.inference_placement(self.cfg))
+            model, processor = models.load_ref(t, **models.inference_placement(self.cfg))
             training.shared_vocab(self.student_processor, processor)
             table = ThresholdTable.from_dict(
                 cache.get_json(self.store, self.tables[stage.teacher]["key"]))
-            self.current = (stage.teacher, MaskedTeacher(model, table))
+            self.current = (stage.teacher, MaskedTeacher(model, table), processor)
         self.current[1].set_ratio(stage.ratio)
-        return self.current[1].model
+        return LoadedModel(self.current[1].model, self.current[2])
 
 
 def _groups_for(cfg, manifest: dict, scores: dict, split, index: dict[str, int]):
@@ -94,8 +94,7 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
     if not supervised and [m["stage"] for m in manifests] != [s.index for s in stages]:
         raise ValueError("stage manifests do not match the schedule of this config")
     by_stage = {m["stage"]: (m, sc) for m, sc in zip(manifests, scores, strict=True)}
-    student, processor = models.load(cfg.student.path, device=device,
-                                     trust_remote_code=cfg.student.trust_remote_code)
+    student, processor = models.load_ref(cfg.student, device=device)
     key = (label_run_key(cfg, models.fingerprint(student)) if supervised
            else run_key(manifests, scores, cfg))
     out_dir = Path(cfg.training.output_dir) / key

@@ -141,15 +141,10 @@ def test_shared_prefill_matches_the_plain_call(pair, monkeypatch):
     assert generation._prefix_cache(teacher.model, ends_in_image, image_id) is None
 
 
-def test_processor_path_matches_fast_path_and_takes_other_sizes(pair):
+def test_generation_takes_images_of_other_sizes(pair):
     teacher, _ = pair
     rows = _rows(3)
     images, questions = [r["image"] for r in rows], [r["question"] for r in rows]
-    fast = generation.encode(teacher.processor, images, questions)
-    # Force the processor path with the same images: same ids, same pixels.
-    slow = generation.encode(teacher.processor, [im[:, :-1] for im in images], questions)
-    assert torch.equal(fast["input_ids"], slow["input_ids"])
-    assert torch.equal(fast["attention_mask"], slow["attention_mask"])
     out = generation.sample_answers(teacher.model, teacher.processor,
                                     [im[::2, ::2] for im in images], questions, 2, SMALL, 0)
     assert [len(a) for a in out] == [2, 2, 2]

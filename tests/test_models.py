@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from masters import embedded, models, synthetic
+from masters import embedded, inputs, models, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -29,58 +27,13 @@ def test_round_trip_through_auto_classes_is_exact(saved):
     assert type(loaded).__name__ == "LlavaForConditionalGeneration"
     assert models.fingerprint(loaded) == models.fingerprint(model)
     samples = _batch()
-    norm = models.PixelNormalizer.from_processor(loaded_proc)
-    pixels = norm([s.image for s in samples])
-    qs = [s.question for s in samples]
-    a = models.greedy_answers(model, processor, qs, pixels, max_new_tokens=5)
-    b = models.greedy_answers(loaded, loaded_proc, qs, pixels, max_new_tokens=5)
+    images, qs = [s.image for s in samples], [s.question for s in samples]
+    a = inputs.greedy_answers(model, processor, images, qs, max_new_tokens=5)
+    b = inputs.greedy_answers(loaded, loaded_proc, images, qs, max_new_tokens=5)
     assert a == b and all(isinstance(x, str) for x in a)
-    enc = models.encode_for_generation(loaded_proc, qs, pixels)
+    enc = inputs.encode_prompts(loaded_proc, images, qs)
     with torch.no_grad():
         assert torch.equal(model(**enc).logits, loaded(**enc).logits)
-
-
-def test_fast_pixels_and_tokens_match_the_processor(saved):
-    _, processor, _ = saved
-    samples = _batch(4)
-    norm = models.PixelNormalizer.from_processor(processor)
-    texts = [models.prompt_text(processor, s.question, s.answer) for s in samples]
-    ref = processor(
-        images=[Image.fromarray(s.image) for s in samples],
-        text=texts,
-        padding=True,
-        return_tensors="pt",
-    )
-    fast = norm([s.image for s in samples])
-    assert torch.allclose(ref["pixel_values"], fast, atol=1e-5)
-    batch = models.encode_for_training(
-        processor, [s.question for s in samples], [s.answer for s in samples], fast
-    )
-    assert torch.equal(
-        batch["input_ids"] * batch["attention_mask"], ref["input_ids"] * ref["attention_mask"]
-    )
-
-
-def test_training_labels_cover_only_answer_and_eos(saved):
-    _, processor, _ = saved
-    tok = processor.tokenizer
-    s = synthetic.make_sample(0, "train", 5)
-    batch = models.encode_for_training(
-        processor, [s.question], [s.answer], torch.zeros(1, 3, 64, 64)
-    )
-    labels = batch["labels"][0]
-    kept = labels[labels != -100].tolist()
-    assert tok.convert_ids_to_tokens(kept) == [*s.answer.split(), "</s>"]
-    n_image = int((batch["input_ids"][0] == tok.convert_tokens_to_ids("<image>")).sum())
-    assert n_image == models.image_token_count(processor) == 16
-
-
-def test_prompt_puts_the_question_before_the_image(saved):
-    _, processor, _ = saved
-    text = models.prompt_text(processor, "how many objects are there ?")
-    assert text.index("how many") < text.index("<image>") < text.index("assistant")
-    unk = processor.tokenizer.unk_token_id
-    assert unk not in processor.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_embedded_family_sizes():
@@ -115,11 +68,23 @@ def test_load_refuses_unsafe_or_broken_checkpoints(saved, tmp_path):
         models.load("embedded:huge")
 
 
-def test_pixel_normalizer_rejects_other_sizes(saved):
-    _, processor, _ = saved
-    norm = models.PixelNormalizer.from_processor(processor)
-    with pytest.raises(ValueError, match="images must be"):
-        norm([np.zeros((32, 32, 3), dtype=np.uint8)])
+def test_processor_without_chat_template_is_refused(saved, tmp_path):
+    _, _, path = saved
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in path.iterdir():
+        if "chat_template" not in f.name:
+            (bare / f.name).write_bytes(f.read_bytes())
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        if (bare / name).is_file():
+            cfg = json.loads((bare / name).read_text())
+            cfg.pop("chat_template", None)
+            (bare / name).write_text(json.dumps(cfg))
+    with pytest.raises(models.ModelLoadError, match="no chat template.*chat_template"):
+        models.load(bare)
+    model, processor = models.load(bare, processor_kwargs={
+        "chat_template": embedded.CHAT_TEMPLATE})  # the config's `processor` setting
+    assert processor.chat_template == embedded.CHAT_TEMPLATE
 
 
 def test_fingerprint_cache_hashes_a_checkpoint_once(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from masters import embedded, models, pyfunc_model, registry, synthetic
+from masters import embedded, inputs, models, pyfunc_model, registry, synthetic
 from masters.config import TrackingConfig, load_config
 from masters.tracking import Tracker
 
@@ -200,10 +200,10 @@ def test_champion_loads_and_answers_like_the_checkpoint(tracker, checkpoint, tmp
     got = served.predict(frame)
 
     model, processor = models.load(checkpoint)
-    pixels = models.PixelNormalizer.from_processor(processor)([s.image for s in samples])
-    want = models.greedy_answers(model, processor, [s.question for s in samples], pixels, 3)
+    want = inputs.greedy_answers(model, processor, [s.image for s in samples],
+                                 [s.question for s in samples], 3)
     assert list(got) == want
-    # A differently sized image is resized, not rejected.
+    # A differently sized image goes to the processor as it is (it resizes), not rejected.
     big = np.asarray(Image.fromarray(samples[0].image).resize((128, 128)))
     buf = io.BytesIO()
     Image.fromarray(big).save(buf, format="PNG")
@@ -227,9 +227,8 @@ def test_served_model_uses_the_recorded_dtype(tracker, checkpoint):
     frame = pd.DataFrame({"image": [pyfunc_model.png_base64(s.image) for s in samples],
                           "question": [s.question for s in samples]})
     model, processor = models.load(checkpoint, dtype=torch.bfloat16)
-    pixels = models.PixelNormalizer.from_processor(processor)([s.image for s in samples])
-    assert list(served.predict(frame)) == models.greedy_answers(
-        model, processor, [s.question for s in samples], pixels, 3)
+    assert list(served.predict(frame)) == inputs.greedy_answers(
+        model, processor, [s.image for s in samples], [s.question for s in samples], 3)
 
 
 def test_tag_value_truncates_and_encodes():

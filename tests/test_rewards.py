@@ -192,7 +192,9 @@ def test_verdict_parsing_is_strict(parsed, judgement, expected):
 
 
 def test_standalone_distillation_scores_match_a_per_answer_loop():
-    from masters import embedded, models, scoring, synthetic, training
+    from PIL import Image
+
+    from masters import embedded, inputs, scoring, synthetic, training
 
     teacher, processor = embedded.build("smoke", seed=4)
     student, _ = embedded.build("smoke", seed=5)
@@ -205,16 +207,16 @@ def test_standalone_distillation_scores_match_a_per_answer_loop():
         groups.append(training.Group(s.id, s.image, s.question, answers, [None] * 4))
     got = scoring.distillation_scores(teacher.eval(), student.eval(), processor, groups,
                                       batch_groups=2)
-    norm = models.PixelNormalizer.from_processor(processor)
     for g, scores in zip(groups, got, strict=True):
         d = []
         for a in g.answers:  # one unpadded sequence at a time, JSD by the definition
-            prompt = tok(models._expand_image_tokens(
-                processor, models.prompt_text(processor, g.question)),
-                add_special_tokens=False)["input_ids"]
+            enc = processor(images=[[Image.fromarray(g.image)]],
+                            text=[inputs.prompt_text(processor, g.question)],
+                            return_tensors="pt", add_special_tokens=False)
+            prompt = enc["input_ids"][0].tolist()
             ids = torch.tensor([prompt + a])
             with torch.no_grad():
-                kw = {"input_ids": ids, "pixel_values": norm([g.image])}
+                kw = {"input_ids": ids, "pixel_values": enc["pixel_values"]}
                 t_log, s_log = teacher(**kw).logits[0], student(**kw).logits[0]
             pos = range(len(prompt) - 1, len(prompt) - 1 + len(a))
             d.append(sum(naive_jsd(t_log[p], s_log[p], 0.5) for p in pos) / len(a))

@@ -202,10 +202,6 @@ def case_data(name: str, tmp_path: Path, models: dict, monkeypatch) -> Case:
         extra = _data_case(tmp_path)
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 > 2 x 1000 pixels
         return Case(["row 0 of split 'train'", "decompression bomb"], extra)
-    if name == "odd-sized image":
-        odd = _png(synthetic.make_sample(0, "test", 1).image[:, :50])
-        return Case(["row 1 of split 'test'", "50x64", "student.path", "64x64"],
-                    _data_case(tmp_path, edit_test=_image(1, odd)))
     if name == "empty answer":
         return Case(["row 4 of split 'train'", "'answer' is empty"],
                     _data_case(tmp_path, _set(4, answer="  ")))
@@ -303,7 +299,7 @@ FLOW_CASES = {
     **{f"data: {n}": case_data for n in (
         "missing column", "empty split", "split file missing", "data path missing",
         "corrupt image", "image file missing", "truncated JPEG (passes verify, fails decode)",
-        "decompression bomb", "odd-sized image", "empty answer", "question not text",
+        "decompression bomb", "empty answer", "question not text",
         "duplicate ids", "training split smaller than the schedule")},
     **{f"model: {n}": case_model for n in (
         "student path missing", "unknown embedded model", "no config.json",

@@ -116,17 +116,22 @@ def _odd_mode_png(array: np.ndarray, mode: str) -> dict:
     return {"bytes": buf.getvalue(), "path": None}
 
 
+SIZES = [(64, 64), (50, 64), (96, 80)]
+
+
 def test_dataset_ids_cannot_escape_the_cache_and_any_image_mode_works(
         prefect_api, rel_models, tmp_path):
     """Ids like ../../x name no file: every key is a hash under the cache root. Images in
-    other modes (grey, alpha, palette, 16-bit, 1-bit, CMYK) are converted to RGB."""
+    other modes (grey, alpha, palette, 16-bit, 1-bit, CMYK) are converted to RGB, and images
+    of other sizes (50x64, 96x80 beside 64x64) go to the processor, which resizes them."""
     from flows.distill import distill_flow
 
     rows = {}
     for split, n in (("train", 8), ("test", 14)):
         ds = synthetic.build_split(0, split, n)
         rows[split] = [{"id": (EVIL_IDS[i] if split == "train" else f"{EVIL_IDS[i % 10]}#{i}"),
-                        "image": _odd_mode_png(np.asarray(r["image"]), MODES[i % len(MODES)]),
+                        "image": _odd_mode_png(np.asarray(r["image"].resize(SIZES[i % 3])),
+                                               MODES[i % len(MODES)]),
                         "question": r["question"], "answer": r["answer"],
                         "task_type": r["task_type"]} for i, r in enumerate(ds)]
     data = write_dataset(tmp_path / "data", rows["train"], rows["test"])
