@@ -15,10 +15,10 @@ export TOKENIZERS_PARALLELISM ?= false
 
 install: $(VENV)/.installed
 
-# torch first and pinned: a bare torch requirement can pull a multi-GB CUDA build.
+# torch + torchvision first and pinned together: a bare requirement can pull another build.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 

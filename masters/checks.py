@@ -5,12 +5,12 @@ at, the things only a look at the disk, the bucket or the checkpoints can tell:
 
 - storage: the cache folder is writable, or the bucket exists and the credentials work;
 - models: every checkpoint (student, teachers, judge) exists, holds complete safetensors
-  weights, needs no remote code unless allowed, and its processor loads; the student and
-  every teacher share one vocabulary (Masters distils token distributions);
+  weights, needs no remote code unless allowed, and its processor loads with a chat
+  template; the student and every teacher share one vocabulary (Masters distils token
+  distributions);
 - data: the training and test splits load with their column mapping and pass the row checks
-  of `masters.data` (empty text, duplicate ids, unreadable images), every image decodes and
-  has the size the models' fixed-size processors take, and the training split fills every
-  stage of the schedule.
+  of `masters.data` (empty text, duplicate ids, unreadable images), every image decodes (any
+  size: the processors resize), and the training split fills every stage of the schedule.
 
 The first problem raises the error type of the layer it belongs to (`CacheError`,
 `ModelLoadError`, `DataError`), naming the setting, the path, or the split and row, so a bad

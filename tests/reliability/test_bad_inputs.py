@@ -255,6 +255,16 @@ def case_model(name: str, tmp_path: Path, models: dict, monkeypatch) -> Case:
         cfg["auto_map"] = {"AutoModelForImageTextToText": "modeling_evil.Evil"}
         (bad / "config.json").write_text(json.dumps(cfg))
         return Case(["student.path", "trust_remote_code is off"], [f"student.path={bad}"])
+    if name == "processor without a chat template":
+        bad = _copy_model(teacher, tmp_path / "notemplate")
+        for f in bad.glob("*chat_template*"):
+            f.unlink()
+        for f in bad.glob("*_config.json"):
+            cfg = json.loads(f.read_text())
+            if cfg.pop("chat_template", None) is not None:
+                f.write_text(json.dumps(cfg))
+        return Case(["teachers.0.path", "no chat template", "teachers.0", "chat_template"],
+                    [f"teachers=[{{name: t, path: {bad}, r_max: 0.05}}]"])
     raise AssertionError(name)
 
 
@@ -305,7 +315,8 @@ FLOW_CASES = {
         "student path missing", "unknown embedded model", "no config.json",
         "pickled weights only (no safetensors)", "truncated safetensors",
         "teacher and student vocabularies differ",
-        "checkpoint needs remote code, trust_remote_code off")},
+        "checkpoint needs remote code, trust_remote_code off",
+        "processor without a chat template")},
     **{f"storage: {n}": case_storage for n in (
         "read-only cache folder", "cache path is a file", "S3: one key of the pair",
         "S3: endpoint unreachable")},
