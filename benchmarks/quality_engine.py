@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from masters import cache, data, evaluation, generation, models, scoring, training
+from masters import cache, data, distributions, evaluation, generation, models, scoring, training
 from masters.config import MastersConfig
 from masters.generation import LoadedModel
 from masters.masking import MaskedTeacher, MaskScope, compute_thresholds
@@ -92,7 +92,8 @@ def stage_groups(cfg: MastersConfig, store, stats: dict) -> tuple[list, dict[int
         (t,) = [t for t in cfg.teachers if t.name == stage.teacher]
         masked, t_proc, t_fp = _masked_teacher(cfg, t)
         planned = generation.plan_stage(store, stage, ids, rows_of, cfg.generation,
-                                        teacher_fingerprint=t_fp, student_fingerprint=s_fp)
+                                        teacher_fingerprint=t_fp, student_fingerprint=s_fp,
+                                        vocab=len(s_proc.tokenizer.get_vocab()))
         missing = [p for p in planned if not p["cached"]]
         if missing:
             t0 = time.perf_counter()
@@ -106,13 +107,14 @@ def stage_groups(cfg: MastersConfig, store, stats: dict) -> tuple[list, dict[int
         groups: OrderedDict[str, training.Group] = OrderedDict()
         for p in planned:
             records = cache.get_jsonl(store, p["key"])
+            dists = distributions.from_bytes(store.get_bytes(p["dists_key"]))
             key = scoring.score_key(p["key"], cfg.rewards, digest)
             scored = cache.get_jsonl(store, key) if store.exists(key) else None
             if scored is None:
                 scored = scoring.score_records(records, labels, cfg.rewards)
                 cache.put_jsonl(store, key, scored)
-            for r, s in zip(records, scored, strict=True):
-                training.add_answer(groups, split, index, r, s["accuracy"])
+            for r, s, d in zip(records, scored, dists, strict=True):
+                training.add_answer(groups, split, index, r, s["accuracy"], d)
         by_stage[stage.index] = list(groups.values())
     return stages, by_stage
 
@@ -175,14 +177,8 @@ def run_config(cfg: MastersConfig, log=print) -> dict:
     trainer.setup()
     t1 = time.perf_counter()
     sums: dict[str, list[float]] = {}
-    for stage in stages:
-        teacher = None
-        if not supervised and (cfg.training.jsd_weight or cfg.training.distill_reward):
-            (t,) = [t for t in cfg.teachers if t.name == stage.teacher]
-            masked, _, _ = _masked_teacher(cfg, t)
-            masked.set_ratio(stage.ratio)
-            teacher = masked.model
-        for res in trainer.train_stage(stage, by_stage[stage.index], teacher):
+    for stage in stages:  # the student alone: teachers ran in generation (distributions)
+        for res in trainer.train_stage(stage, by_stage[stage.index]):
             for k, v in {**res.terms, **res.rewards}.items():
                 sums.setdefault(k, []).append(v)
     stats["train_s"] = time.perf_counter() - t1

@@ -61,8 +61,11 @@ def spread(overrides: list[str]) -> None:
 
 
 def grpo(sgd: float | None, kl_beta: float, lr: float = 1e-4, steps: int = 5) -> None:
-    from masters import models, synthetic, training
+    import copy
+
+    from masters import distributions, models, synthetic, training
     from masters.config import TrainingConfig
+    from masters.generation import LoadedModel
     from masters.schedule import Stage
 
     student, proc = models.load("embedded:student")
@@ -91,11 +94,15 @@ def grpo(sgd: float | None, kl_beta: float, lr: float = 1e-4, steps: int = 5) ->
     if sgd:
         trainer.opt = torch.optim.SGD(student.parameters(), lr=sgd)
     stage = Stage(0, "none", "none", 0.0, 0, len(groups))
+    # KL needs the reference's cached log-probs (generation stores them; here: the initial
+    # student itself, no teacher term)
+    initial = LoadedModel(copy.deepcopy(student).eval(), proc)
+    distributions.attach(initial, initial, groups, top_k=0)
     opt = f"SGD lr {sgd:g}" if sgd else f"AdamW lr {lr:g}"
     print(f"{opt}, KL beta {kl_beta:g}: step, p(correct), p(wrong) at the first answer token")
     print("0 {:.4f} {:.4f}".format(*probs()))
     for k in range(steps):
-        trainer.loss_step(groups, None, stage)
+        trainer.loss_step(groups, stage)
         print(f"{k + 1} " + "{:.4f} {:.4f}".format(*probs()))
 
 

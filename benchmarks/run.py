@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import generation, gpu, masking, quality, training
+from benchmarks import generation, gpu, masking, quality, topk, training
 
 SECTIONS = {"masking": masking, "generation": generation, "training": training,
-            "quality": quality, "gpu": gpu}
+            "topk": topk, "quality": quality, "gpu": gpu}
 
 
 def machine() -> str:

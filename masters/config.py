@@ -125,6 +125,9 @@ class GenerationConfig(Section):
     max_new_tokens: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
     shard_size: int = Field(64, ge=1)  # questions per cached shard: the unit of resuming
+    teacher_top_k: int = Field(
+        64, ge=0, description="teacher log-probs cached per answer token for training (the "
+        "top k + the tail mass); 0 keeps the whole vocabulary (exact)")
     seed: int = 0
 
 

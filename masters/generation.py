@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from masters import cache, inputs
+from masters import cache, distributions, inputs
 from masters.config import RATIO_DECIMALS, GenerationConfig
 from masters.schedule import Stage
 
@@ -205,9 +205,10 @@ def rows_digest(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def sampling_settings(cfg: GenerationConfig) -> dict[str, Any]:
-    # Every field but shard_size (a shard's questions are keyed themselves); batch_size stays,
-    # since batch composition moves the random stream and the padding of each prompt.
-    return cfg.model_dump(mode="json", exclude={"shard_size"})
+    # Every field but shard_size (a shard's questions are keyed themselves) and teacher_top_k
+    # (it keys the distributions, not the answers); batch_size stays, since batch
+    # composition moves the random stream and the padding of each prompt.
+    return cfg.model_dump(mode="json", exclude={"shard_size", "teacher_top_k"})
 
 
 def shard_key(
@@ -295,22 +296,25 @@ def plan_shards(stage: Stage, question_ids: Sequence[str], shard_size: int) -> l
 def plan_stage(
     store: cache.Store, stage: Stage, question_ids: Sequence[str],
     rows_of: Callable[[Shard], Sequence[Mapping[str, Any]]], cfg: GenerationConfig, *,
-    teacher_fingerprint: str, student_fingerprint: str,
+    teacher_fingerprint: str, student_fingerprint: str, vocab: int,
     processors: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Every shard of the stage with its key, URI and whether a sound copy is in the store.
 
     No model is needed: the fingerprints come from the prune step and a hash of the student.
-    The check is a checksummed read, not `exists`: a corrupt object is deleted here (by
-    `get_or_none`) and so planned for regeneration.
+    A shard is cached when its answers and their teacher distributions (`dists_key`, for
+    `vocab` tokens) both are. The check is a checksummed read, not `exists`: a corrupt object
+    is deleted here (by `get_or_none`) and so planned for regeneration.
     """
     planned = []
     for shard in plan_shards(stage, question_ids, cfg.shard_size):
         key = shard_key(teacher_fingerprint, stage.ratio, student_fingerprint,
                         shard.question_ids, cfg, teacher_name=stage.teacher,
                         content_digest=rows_digest(rows_of(shard)), processors=processors)
-        planned.append({**shard.to_dict(), "key": key, "uri": store.uri(key),
-                        "cached": store.get_or_none(key) is not None})
+        dkey = distributions.dists_key(key, cfg.teacher_top_k, vocab)
+        planned.append({**shard.to_dict(), "key": key, "uri": store.uri(key), "dists_key": dkey,
+                        "cached": store.get_or_none(key) is not None
+                        and store.get_or_none(dkey) is not None})
     return planned
 
 
@@ -322,25 +326,42 @@ def shard_from_dict(data: Mapping[str, Any]) -> Shard:
 def write_shard(
     store: cache.Store, planned: Mapping[str, Any], stage: Stage, teacher: LoadedModel,
     student: LoadedModel | None, rows: Sequence[Mapping[str, Any]], cfg: GenerationConfig,
+    reference: LoadedModel | None = None,
 ) -> bool:
-    """Generate one planned shard and store it; False when another writer got there first."""
+    """Generate one planned shard's answers, then teacher-force them with the masked teacher
+    and the reference (the initial student: `reference`, else `student`) and store their
+    distributions (masters.distributions); False when another writer got there first."""
+    reference = reference or student
+    if reference is None:
+        raise ValueError("the shard's distributions need the reference (initial student)")
     ids = [str(r["id"]) for r in rows]
     if ids != list(planned["question_ids"]):
         raise ValueError(f"rows {ids[:3]}... do not match shard {planned['key']} "
                          f"({list(planned['question_ids'])[:3]}...)")
-    records = generate_shard(teacher, student, rows, teacher_name=stage.teacher,
-                             ratio=stage.ratio, cfg=cfg, seed=shard_seed(planned["key"]))
-    # if_absent: two runs racing on one shard produce the same content; the first one wins.
-    return cache.put_jsonl(store, planned["key"], records, if_absent=True)
+    blob = store.get_or_none(planned["key"])
+    if blob is None:
+        records = generate_shard(teacher, student, rows, teacher_name=stage.teacher,
+                                 ratio=stage.ratio, cfg=cfg, seed=shard_seed(planned["key"]))
+        # if_absent: two runs racing on one shard produce the same content; the first wins.
+        written = cache.put_jsonl(store, planned["key"], records, if_absent=True)
+    else:  # answers cached, their distributions missing (killed in between, or corrupt)
+        records, written = cache.get_jsonl(store, planned["key"]), False
+    if store.get_or_none(planned["dists_key"]) is None:
+        dists = distributions.for_records(teacher, reference, rows, records, cfg.teacher_top_k,
+                                          batch_groups=max(1, cfg.batch_size // 8))
+        written |= store.put_bytes(planned["dists_key"], distributions.to_bytes(dists),
+                                   if_absent=True)
+    return written
 
 
 def answers_per_question(cfg: GenerationConfig) -> int:
     return cfg.teacher_answers + cfg.student_answers
 
 
-def manifest_key(shard_keys: Sequence[str]) -> str:
+def manifest_key(shard_keys: Sequence[str], dists_keys: Sequence[str] = ()) -> str:
     return cache.content_key("manifests", {"generation_format": GENERATION_FORMAT,
-                                           "shards": list(shard_keys)}, ".json")
+                                           "shards": list(shard_keys),
+                                           "dists": list(dists_keys)}, ".json")
 
 
 def stage_manifest(
@@ -363,6 +384,8 @@ def stage_manifest(
         "sampling": sampling_settings(cfg),
         "questions": n_questions,
         "answers": n_questions * answers_per_question(cfg),
-        "shards": [{k: p[k] for k in ("index", "start", "stop", "question_ids", "key", "uri")}
+        "teacher_top_k": cfg.teacher_top_k,
+        "shards": [{k: p[k] for k in ("index", "start", "stop", "question_ids", "key", "uri",
+                                      "dists_key")}
                    for p in planned],
     }

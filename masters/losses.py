@@ -7,6 +7,7 @@ Token-level divergences take logits of shape (batch, length, vocab) and a mask o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,56 @@ def generalized_jsd(
     kl_t = (t.exp() * (t - m)).sum(-1)
     kl_s = (s.exp() * (s - m)).sum(-1)
     return beta * kl_t + (1 - beta) * kl_s
+
+
+# A bucket's log-mass is never below this: exp() of it is 0 in float32, and 0 * finite = 0
+# where log 0 = -inf would turn JSD's 0 * log 0 into NaN.
+LOG_FLOOR = -1e4
+
+
+@dataclass
+class TeacherTargets:
+    """The teacher's distribution at every answer position, as cached by generation
+    (masters.distributions): log-probs over the top-k token ids, plus the log of the mass
+    outside them (tail); `ids is None` means the whole vocabulary in order (exact).
+
+    Top-k estimator: both distributions are compared over the same k + 1 buckets, the top-k
+    ids and the rest, P_B = (p(v_1), ..., p(v_k), 1 - sum_j p(v_j)) and Q_B likewise. Merging
+    outcomes never increases an f-divergence, so JSD(P_B || Q_B) <= JSD(P || Q): a lower
+    bound, equal at k = vocabulary.
+    """
+
+    logprobs: torch.Tensor  # (B, A, k)
+    ids: torch.Tensor | None  # (B, A, k)
+    tail: torch.Tensor | None  # (B, A)
+
+    @classmethod
+    def full(cls, teacher_logits: torch.Tensor) -> TeacherTargets:
+        return cls(F.log_softmax(upcast(teacher_logits), -1), None, None)
+
+    def teacher_logprobs(self) -> torch.Tensor:
+        """log P_B, shape (B, A, k + 1), or (B, A, vocab) for the whole vocabulary."""
+        if self.ids is None:
+            return self.logprobs
+        tail = self.tail.clamp(min=LOG_FLOOR).unsqueeze(-1)
+        return torch.cat([self.logprobs.clamp(min=LOG_FLOOR), tail], -1)
+
+    def student_logprobs(self, student_logits: torch.Tensor) -> torch.Tensor:
+        """log Q_B: the student's log-probs on the same buckets (differentiable)."""
+        logq = F.log_softmax(upcast(student_logits), -1)
+        if self.ids is None:
+            return logq
+        ids = self.ids.to(logq.device)
+        rest = logq.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+        return torch.cat([logq.gather(-1, ids), rest.clamp(min=LOG_FLOOR)], -1)
+
+
+def bucketed_jsd(teacher: TeacherTargets, student_logits: torch.Tensor,
+                 beta: float = 0.5) -> torch.Tensor:
+    """JSD_beta(P_B || Q_B) per position, shape (batch, length): `generalized_jsd` over the
+    buckets of `TeacherTargets` (the whole distribution when the whole vocabulary is cached)."""
+    return generalized_jsd(teacher.teacher_logprobs().detach().to(student_logits.device),
+                           teacher.student_logprobs(student_logits), beta)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -86,8 +137,8 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
 
 def masters_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    ref_logits: torch.Tensor | None,
+    teacher: TeacherTargets | None,
+    ref_logprobs: torch.Tensor | None,
     targets: torch.Tensor,
     mask: torch.Tensor,
     advantages: torch.Tensor,
@@ -95,25 +146,23 @@ def masters_loss(
     kl_beta: float = 0.1,
     jsd_weight: float = 1.0,
     jsd_beta: float = 0.5,
-    temperature: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """loss = L_GRPO + kl_beta * KL(student || reference) + jsd_weight * JSD(teacher || student).
 
-    All logits are aligned with `targets` (already shifted). A term whose weight is 0 or whose
-    logits are None is skipped (baselines switch terms off). Returns every term; `loss` is the
-    one to back-propagate.
+    Student logits are aligned with `targets` (already shifted); the teacher's distribution
+    and the reference's log-probs of the targets come cached (masters.distributions). A term
+    whose weight is 0 or whose input is None is skipped (baselines switch terms off). Returns
+    every term; `loss` is the one to back-propagate.
     """
     logp = token_logprobs(student_logits, targets)
     terms = {"grpo": grpo_loss(logp, advantages, mask)}
     zero = terms["grpo"].new_zeros(())
-    if kl_beta and ref_logits is not None:
-        ref_logp = token_logprobs(ref_logits, targets).detach()
-        terms["kl"] = k3_kl(logp, ref_logp, mask).mean()
+    if kl_beta and ref_logprobs is not None:
+        terms["kl"] = k3_kl(logp, ref_logprobs.to(logp.device).detach(), mask).mean()
     else:
         terms["kl"] = zero
-    if jsd_weight and teacher_logits is not None:
-        jsd = generalized_jsd(teacher_logits.detach(), student_logits, jsd_beta, temperature)
-        terms["jsd"] = masked_mean(jsd, mask).mean()
+    if jsd_weight and teacher is not None:
+        terms["jsd"] = masked_mean(bucketed_jsd(teacher, student_logits, jsd_beta), mask).mean()
     else:
         terms["jsd"] = zero
     terms["loss"] = terms["grpo"] + kl_beta * terms["kl"] + jsd_weight * terms["jsd"]

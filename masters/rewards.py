@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from masters.losses import generalized_jsd, masked_mean
+from masters.losses import TeacherTargets, bucketed_jsd, masked_mean
 
 Score = float | None
 Scorer = Callable[..., list[Score]]
@@ -187,12 +187,12 @@ def get_scorer(name: str) -> Scorer:
 
 
 def distillation_divergence(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, answer_mask: torch.Tensor,
-    beta: float = 0.5, temperature: float = 1.0,
+    teacher: TeacherTargets, student_logits: torch.Tensor, answer_mask: torch.Tensor,
+    beta: float = 0.5,
 ) -> torch.Tensor:
-    """D per answer: mean over its answer tokens of JSD(teacher || student), shape (batch,)."""
-    jsd = generalized_jsd(teacher_logits, student_logits, beta, temperature)
-    return masked_mean(jsd, answer_mask)
+    """D per answer: mean over its answer tokens of JSD(teacher || student), shape (batch,),
+    on the cached teacher's buckets (exact with the whole vocabulary; losses.TeacherTargets)."""
+    return masked_mean(bucketed_jsd(teacher, student_logits, beta), answer_mask)
 
 
 # Divergences within this fraction of the group's largest one are a tie. Min-max maps any

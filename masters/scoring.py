@@ -71,6 +71,7 @@ def distillation_scores(teacher, student, processor, groups, *, beta: float = 0.
     import torch
 
     from masters import training
+    from masters.losses import TeacherTargets
 
     device = next(student.parameters()).device
     vocab = len(processor.tokenizer.get_vocab())
@@ -80,7 +81,7 @@ def distillation_scores(teacher, student, processor, groups, *, beta: float = 0.
         enc = training.encode_answers(processor, part, device)
         with torch.no_grad():
             d = rewards.distillation_divergence(
-                training.answer_logits(teacher, enc, vocab),
+                TeacherTargets.full(training.answer_logits(teacher, enc, vocab)),
                 training.answer_logits(student, enc, vocab), enc.targets >= 0, beta).tolist()
         i = 0
         for g in part:

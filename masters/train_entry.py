@@ -13,6 +13,7 @@ from fixed seeds on in-process synthetic groups and writes the logged per-step m
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -20,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from masters import distributed, embedded, synthetic, training
+from masters import distributed, distributions, embedded, synthetic, training
 from masters.config import TeacherConfig, TrainingConfig
+from masters.generation import LoadedModel
 from masters.masking import MaskedTeacher, compute_thresholds
 from masters.schedule import build_schedule
 
@@ -64,18 +66,20 @@ def run_synthetic(out: Path, cfg: TrainingConfig, n_groups: int, answers: int,
     supervised = cfg.objective == "supervised"
     groups = synthetic_groups(processor, n_groups, answers, labels=supervised, ragged=ragged)
 
-    def stage_teacher(stage):
-        if supervised:
-            return None
-        masked.set_ratio(stage.ratio)
-        return teacher
+    if not supervised:  # what the generation step caches: each stage's teacher, once
+        reference = LoadedModel(copy.deepcopy(student).eval(), processor)
+        for stage in stages:
+            masked.set_ratio(stage.ratio)
+            distributions.attach(LoadedModel(teacher, processor), reference,
+                                 groups[stage.start : stage.stop], top_k=0)
+        del reference
 
     logged: list[dict] = []
     trainer = training.MastersTrainer(student, processor, cfg,
                                       log_metrics=lambda m, s: logged.append({"step": s, **m}))
     t0 = time.perf_counter()
     summary = training.train(trainer, stages, lambda st: groups[st.start : st.stop],
-                             stage_teacher, out / "checkpoints")
+                             out / "checkpoints")
     summary["train_s"] = time.perf_counter() - t0  # throughput benchmark (benchmarks.training)
     if distributed.is_main():
         (out / "losses.json").write_text(json.dumps(

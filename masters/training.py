@@ -1,17 +1,17 @@
 """Masters training: mask-progressive offline RL + JSD distillation (method.md section 4).
 
     for stage in schedule:                       # teacher chain x staircase r_max -> 0
-        teacher = masked teacher at stage.ratio  # materialised in place by the caller
-        for batch of question groups in stage's slice (answers pre-generated, R_acc scored):
-            teacher forward (no grad)  -> JSD loss and distillation reward from one pass
-            student forward            -> log-probs, JSD
-            reference forward (no grad)-> k3 KL
+        for batch of question groups in stage's slice (answers pre-generated, R_acc scored,
+                                  teacher distributions + reference log-probs cached):
+            student forward            -> log-probs, JSD against the cached teacher
             R = R_acc + reverse-min-max(D);  A = (R - mean_G) / (std_G + eps)
-            loss = GRPO(ratio 1, A) + beta KL + JSD;  one AdamW step
+            loss = GRPO(ratio 1, A) + beta KL(cached reference) + JSD;  one AdamW step
         checkpoint (student, optimizer, stage index, RNG)
 
-Shaped like a torchtune recipe: `setup`, `loss_step`, `train`. Models never leave this file
-through Prefect: the task layer hands in providers for stage data and for the teacher.
+Only the student is in this process: the masked teacher and the reference ran once, in the
+generation step (masters.distributions). Shaped like a torchtune recipe: `setup`,
+`loss_step`, `train`. Models never leave this file through Prefect: the task layer hands in
+a provider of each stage's groups.
 
 Baselines share this loop and its budget (docs/training.md): `objective: supervised` swaps the
 loss for the NLL of the dataset label (one answer per group, no teacher); the distillation
@@ -20,7 +20,6 @@ baselines are switch settings (rewards off: every advantage is 0, only KL + JSD 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import secrets
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from masters import distributed, inputs, rewards
+from masters import distributed, distributions, inputs, rewards
 from masters.config import TrainingConfig
 from masters.losses import masters_loss, sft_loss, token_logprobs, upcast
 from masters.schedule import Stage
@@ -44,7 +43,8 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class Group:
-    """One question and its G pre-generated answers (token ids) with accuracy rewards."""
+    """One question and its G pre-generated answers (token ids) with accuracy rewards and,
+    per answer, the cached teacher distribution and reference log-probs."""
 
     question_id: str
     image: np.ndarray
@@ -52,11 +52,13 @@ class Group:
     answers: list[list[int]]
     accuracy: list[float | None]
     sources: list[str] = field(default_factory=list)
+    dists: list[distributions.AnswerDist] = field(default_factory=list)
 
 
 def add_answer(groups: dict[str, Group], split, index: dict[str, int], record: dict,
-               accuracy: float | None) -> None:
-    """Add one cached answer record to its question's group (created from the split row)."""
+               accuracy: float | None, dist: distributions.AnswerDist | None = None) -> None:
+    """Add one cached answer record (and its cached distributions) to its question's group
+    (created from the split row)."""
     qid = record["question_id"]
     if qid not in groups:
         row = split[index[qid]]
@@ -66,6 +68,8 @@ def add_answer(groups: dict[str, Group], split, index: dict[str, int], record: d
     g.answers.append(record["token_ids"])
     g.accuracy.append(accuracy)
     g.sources.append(record["source"])
+    if dist is not None:
+        g.dists.append(dist)
 
 
 def label_group(tokenizer, question_id: str, image: np.ndarray, question: str,
@@ -109,16 +113,6 @@ def answer_logits(model, enc: Encoded, vocab: int) -> torch.Tensor:
     return upcast(picked[..., :vocab]).to(enc.targets.device)
 
 
-def teacher_parts(teacher, student_processor):
-    """(model, processor) of a stage's teacher: a LoadedModel, or a bare model that shares
-    the student's processor (tests, the embedded family)."""
-    if teacher is None:
-        return None, None
-    if hasattr(teacher, "processor") and hasattr(teacher, "model"):
-        return teacher.model, teacher.processor
-    return teacher, student_processor
-
-
 def shared_vocab(student_processor, teacher_processor) -> int:
     """Size of the vocabulary both tokenizers agree on; padded rows beyond it are dropped."""
     s, t = student_processor.tokenizer.get_vocab(), teacher_processor.tokenizer.get_vocab()
@@ -131,6 +125,20 @@ def shared_vocab(student_processor, teacher_processor) -> int:
     return len(s)
 
 
+def cached_targets(groups: Sequence[Group], width: int):
+    """(TeacherTargets, reference log-probs) of the groups' answers, from their cached dists."""
+    dists = [d for g in groups for d in g.dists]
+    answers = [a for g in groups for a in g.answers]
+    if len(dists) != len(answers) or any(len(d.ref) != len(a)
+                                         for d, a in zip(dists, answers, strict=True)):
+        missing = next((g.question_id for g in groups if len(g.dists) != len(g.answers)),
+                       groups[0].question_id)
+        raise TrainingError(
+            f"answers of question {missing!r} have no cached teacher distributions of their "
+            "length; generate the stage again (masters generate) so they are computed")
+    return distributions.batch(dists, width)
+
+
 @dataclass
 class StepResult:
     terms: dict[str, float]
@@ -138,7 +146,7 @@ class StepResult:
 
 
 class MastersTrainer:
-    """One student, trained stage by stage against the (masked) teacher of each stage.
+    """One student, trained stage by stage on answers with cached teacher distributions.
 
     Under torchrun / accelerate (WORLD_SIZE > 1) every rank holds the whole global batch of
     `batch_groups` groups and trains on its share (`distributed.shard`); DDP averages the
@@ -160,16 +168,12 @@ class MastersTrainer:
             raise TrainingError(
                 f"training.batch_groups={self.cfg.batch_groups} is not divisible by the "
                 f"{self.world} processes: each rank must get the same share of a global batch")
-        # Reference = frozen initial student [D]; only needed when the KL term is on.
-        self.ref = None
-        if self.cfg.objective == "masters" and self.cfg.kl_beta:
-            self.ref = copy.deepcopy(self.student).eval().requires_grad_(False)
         self.model = distributed.wrap(self.student)  # forward through DDP: it syncs grads
         self.opt = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr,
                                      weight_decay=self.cfg.weight_decay)
         self.student.train()
 
-    def loss_step(self, groups: Sequence[Group], teacher, stage: Stage,
+    def loss_step(self, groups: Sequence[Group], stage: Stage,
                   share: float = 1.0) -> StepResult:
         """One optimizer step on `groups`, this rank's `share` of the global batch's answers."""
         enc = encode_answers(self.processor, groups, self.device)
@@ -179,7 +183,7 @@ class MastersTrainer:
             terms = {"sft": sft_loss(token_logprobs(s_logits, enc.targets), mask)}
             terms["loss"], sums = terms["sft"], {}
         else:
-            terms, sums = self._masters_terms(groups, enc, mask, teacher)
+            terms, sums = self._masters_terms(groups, enc, mask)
         logged, stats = self._global_means(terms, sums, share)
         if not np.isfinite(logged["loss"]):
             raise TrainingError(
@@ -196,20 +200,16 @@ class MastersTrainer:
         self.step += 1
         return StepResult(logged, stats)
 
-    def _masters_terms(self, groups, enc, mask, teacher):
-        t_model, t_processor = teacher_parts(teacher, self.processor)
-        with torch.no_grad():
-            t_logits = None
-            if t_model is not None:
-                t_enc = (enc if t_processor is self.processor else
-                         encode_answers(t_processor, groups, self.device))
-                t_logits = answer_logits(t_model, t_enc, self.vocab)
-            r_logits = answer_logits(self.ref, enc, self.vocab) if self.ref is not None else None
+    def _masters_terms(self, groups, enc, mask):
+        cfg = self.cfg
+        teacher = ref = None
+        if cfg.jsd_weight or cfg.distill_reward or cfg.kl_beta:
+            teacher, ref = cached_targets(groups, enc.targets.shape[1])
         s_logits = answer_logits(self.model, enc, self.vocab)
-        adv, sums = self._advantages(groups, t_logits, s_logits.detach(), mask)
+        adv, sums = self._advantages(groups, teacher, s_logits.detach(), mask)
         terms = masters_loss(
-            s_logits, t_logits, r_logits, enc.targets, mask, adv.to(self.device),
-            kl_beta=self.cfg.kl_beta, jsd_weight=self.cfg.jsd_weight, jsd_beta=self.cfg.jsd_beta,
+            s_logits, teacher, ref, enc.targets, mask, adv.to(self.device),
+            kl_beta=cfg.kl_beta, jsd_weight=cfg.jsd_weight, jsd_beta=cfg.jsd_beta,
         )
         return terms, sums
 
@@ -231,12 +231,12 @@ class MastersTrainer:
                  for i, k in enumerate(stat_names)}
         return logged, stats
 
-    def _advantages(self, groups, t_logits, s_logits, mask):
+    def _advantages(self, groups, teacher, s_logits, mask):
         """Advantages per answer, and (sum, count) of each reward for the logged means."""
         cfg = self.cfg
         flat_acc, flat_dist, advantages = [], [], []
-        divergence = (rewards.distillation_divergence(t_logits, s_logits, mask, cfg.jsd_beta)
-                      if t_logits is not None else None)
+        divergence = (rewards.distillation_divergence(teacher, s_logits, mask, cfg.jsd_beta)
+                      if teacher is not None else None)
         i = 0
         for g in groups:
             n = len(g.answers)
@@ -256,7 +256,7 @@ class MastersTrainer:
             sums["reward/divergence"] = (float(divergence.sum()), len(divergence))
         return torch.tensor(advantages), sums
 
-    def train_stage(self, stage: Stage, groups: Sequence[Group], teacher) -> list[StepResult]:
+    def train_stage(self, stage: Stage, groups: Sequence[Group]) -> list[StepResult]:
         """Every group of the stage once, in a seeded order, `batch_groups` per step."""
         order = np.random.default_rng([self.cfg.seed, stage.index]).permutation(len(groups))
         results = []
@@ -267,7 +267,7 @@ class MastersTrainer:
             share = sum(len(g.answers) for g in mine) / sum(len(g.answers) for g in batch)
             # A short last batch can leave a rank without a group; it still steps (share 0)
             # because DDP's gradient all-reduce needs every rank.
-            res = self.loss_step(mine or batch[:1], teacher, stage, share=share)
+            res = self.loss_step(mine or batch[:1], stage, share=share)
             results.append(res)
             if self.log_metrics and distributed.is_main():
                 self.log_metrics({**{f"loss/{k}": v for k, v in res.terms.items()},
@@ -356,7 +356,6 @@ def train(
     trainer: MastersTrainer,
     stages: Sequence[Stage],
     stage_groups: Callable[[Stage], Sequence[Group]],
-    stage_teacher: Callable[[Stage], object],
     checkpoint_dir: str | Path,
 ) -> dict:
     """Run every stage in order, resuming after the last finished stage's checkpoint."""
@@ -369,8 +368,7 @@ def train(
     for stage in stages:
         if stage.index <= done:
             continue
-        teacher = stage_teacher(stage)
-        results = trainer.train_stage(stage, stage_groups(stage), teacher)
+        results = trainer.train_stage(stage, stage_groups(stage))
         trainer.save_checkpoint(checkpoint_dir, stage)
         history.append({"stage": stage.index, "teacher": stage.teacher, "ratio": stage.ratio,
                         "steps": len(results),

@@ -41,6 +41,7 @@ class Resident:
             self._split: tuple[str, Any] | None = None
             self._teacher: tuple[tuple, MaskedTeacher, Any] | None = None
             self._student: tuple[tuple, LoadedModel] | None = None
+            self._vocab: tuple[tuple, int] | None = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -51,6 +52,17 @@ class Resident:
             if self._split is None or self._split[0] != ident:
                 self._split = (ident, data.load_split(cfg, "train"))
             return self._split[1]
+
+    def vocab(self, cfg: MastersConfig) -> int:
+        """Tokens of the student's tokenizer: the vocabulary distributions are kept over."""
+        ident = (cfg.student.path, cfg.student.trust_remote_code, repr(cfg.student.processor))
+        with self.lock:
+            if self._vocab is None or self._vocab[0] != ident:
+                processor = models.load_processor(models.resolve_path(cfg.student.path),
+                                                  cfg.student.trust_remote_code,
+                                                  cfg.student.processor)
+                self._vocab = (ident, len(processor.tokenizer.get_vocab()))
+            return self._vocab[1]
 
     def ids(self, cfg: DataConfig) -> list[str]:
         return [str(i) for i in self.split(cfg)["id"]]
@@ -126,6 +138,7 @@ def plan_stage(cfg_json: dict, stage: dict, teacher_fingerprint: str,
     shards = generation.plan_stage(
         store, st, RESIDENT.ids(cfg.data), lambda s: RESIDENT.rows(cfg.data, s), cfg.generation,
         teacher_fingerprint=teacher_fingerprint, student_fingerprint=student_fingerprint,
+        vocab=RESIDENT.vocab(cfg),
         processors={"teacher": next(t.processor for t in cfg.teachers if t.name == st.teacher),
                     "student": cfg.student.processor})
     cached = sum(s["cached"] for s in shards)
@@ -139,19 +152,20 @@ def plan_stage(cfg_json: dict, stage: dict, teacher_fingerprint: str,
       log_prints=False, **PERSIST)
 def generate_shard(cfg_json: dict, stage: dict, shard: dict, table_key: str,
                    teacher_fingerprint: str, student_fingerprint: str) -> dict:
-    """Sample one shard's answers (masked teacher, then student) into the cache."""
+    """Sample one shard's answers (masked teacher, then student) into the cache, then the
+    teacher's distributions and the reference's log-probs on them (what training reads)."""
     cfg = from_public(cfg_json)
     st = Stage(**stage)
     store = cache.open_store(cfg.storage)
-    if store.exists(shard["key"]):  # a concurrent run, or a retry after the write landed
-        return {"key": shard["key"], "generated": False}
+    if store.exists(shard["key"]) and store.exists(shard["dists_key"]):
+        return {"key": shard["key"], "generated": False}  # a concurrent run, or a retry
     with RESIDENT.lock:
         rows = RESIDENT.rows(cfg.data, generation.shard_from_dict(shard))
         teacher = RESIDENT.teacher(cfg, st, table_key, teacher_fingerprint)
-        student = (RESIDENT.student(cfg, student_fingerprint)
-                   if cfg.generation.student_answers else None)
+        reference = RESIDENT.student(cfg, student_fingerprint)  # the initial student
+        student = reference if cfg.generation.student_answers else None
         written = generation.write_shard(store, shard, st, teacher, student, rows,
-                                         cfg.generation)
+                                         cfg.generation, reference=reference)
     return {"key": shard["key"], "generated": written}
 
 
@@ -162,14 +176,16 @@ def write_stage_manifest(cfg_json: dict, plan: dict) -> dict:
     cfg = from_public(cfg_json)
     st = Stage(**plan["stage"])
     store = cache.open_store(cfg.storage)
-    missing = [s["key"] for s in plan["shards"] if not store.exists(s["key"])]
+    missing = [k for s in plan["shards"] for k in (s["key"], s["dists_key"])
+               if not store.exists(k)]
     if missing:
         raise cache.CacheError(f"stage {st.index}: {len(missing)} shard(s) missing after "
                                f"generation, e.g. {store.uri(missing[0])}")
     manifest = generation.stage_manifest(
         st, plan["shards"], cfg.generation, teacher_fingerprint=plan["teacher_fingerprint"],
         student_fingerprint=plan["student_fingerprint"])
-    key = generation.manifest_key([s["key"] for s in plan["shards"]])
+    key = generation.manifest_key([s["key"] for s in plan["shards"]],
+                                  [s["dists_key"] for s in plan["shards"]])
     if store.get_or_none(key) is None:  # missing, or corrupt (then deleted by the read)
         cache.put_json(store, key, manifest, if_absent=True)
     cached = sum(s["cached"] for s in plan["shards"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -10,10 +9,8 @@ from pathlib import Path
 import numpy as np
 from prefect import get_run_logger, task
 
-from masters import cache, distributed, models, training
+from masters import cache, distributed, distributions, models, training
 from masters.config import from_public
-from masters.generation import LoadedModel
-from masters.masking import MaskedTeacher, ThresholdTable
 from masters.schedule import build_schedule
 from masters.tracking import BufferedMetrics, Tracker
 from tasks.common import PERSIST, Progress, flow_run_tags
@@ -29,28 +26,6 @@ def run_key(manifests: list[dict], scores: list[dict], cfg) -> str:
     return cache.content_key("train", parts).split("/", 1)[1]
 
 
-class _Teachers:
-    """One masked teacher resident at a time, moved along its staircase in place."""
-
-    def __init__(self, cfg, tables: dict[str, dict], student_processor):
-        self.cfg, self.tables, self.student_processor = cfg, tables, student_processor
-        self.store = cache.open_store(cfg.storage)
-        self.current: tuple[str, MaskedTeacher, object] | None = None
-
-    def __call__(self, stage):
-        if self.current is None or self.current[0] != stage.teacher:
-            self.current = None
-            gc.collect()
-            (t,) = [t for t in self.cfg.teachers if t.name == stage.teacher]
-            model, processor = models.load_ref(t, **models.inference_placement(self.cfg))
-            training.shared_vocab(self.student_processor, processor)
-            table = ThresholdTable.from_dict(
-                cache.get_json(self.store, self.tables[stage.teacher]["key"]))
-            self.current = (stage.teacher, MaskedTeacher(model, table), processor)
-        self.current[1].set_ratio(stage.ratio)
-        return LoadedModel(self.current[1].model, self.current[2])
-
-
 def _groups_for(cfg, manifest: dict, scores: dict, split, index: dict[str, int]):
     store = cache.open_store(cfg.storage)
     acc = {}
@@ -59,9 +34,14 @@ def _groups_for(cfg, manifest: dict, scores: dict, split, index: dict[str, int])
             acc[(r["question_id"], r["source"], r["answer_index"])] = r["accuracy"]
     groups: OrderedDict[str, training.Group] = OrderedDict()
     for shard in manifest["shards"]:
-        for r in cache.get_jsonl(store, shard["key"]):
+        records = cache.get_jsonl(store, shard["key"])
+        dists = distributions.from_bytes(store.get_bytes(shard["dists_key"]))
+        if len(dists) != len(records):
+            raise cache.CacheError(f"{store.uri(shard['dists_key'])} holds {len(dists)} "
+                                   f"answers, shard {shard['key']} {len(records)}")
+        for r, d in zip(records, dists, strict=True):
             training.add_answer(groups, split, index, r,
-                                acc[(r["question_id"], r["source"], r["answer_index"])])
+                                acc[(r["question_id"], r["source"], r["answer_index"])], d)
     return list(groups.values())
 
 
@@ -123,20 +103,17 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], tables: list[di
 
         trainer = training.MastersTrainer(student, processor, cfg.training,
                                           log_metrics=log_metrics if main else None)
-        if supervised:  # no teacher is ever loaded
+        # Only the student is loaded: the teachers' side is in the cache (distributions).
+        if supervised:
             def groups_of(st):
                 return _label_groups(split, st, processor.tokenizer)
-
-            def teacher_of(st):
-                return None
         else:
             index = {str(q): i for i, q in enumerate(split["id"])}
 
             def groups_of(st):
                 return _groups_for(cfg, *by_stage[st.index], split, index)
 
-            teacher_of = _Teachers(cfg, {t["teacher"]: t for t in tables}, processor)
-        result = training.train(trainer, stages, groups_of, teacher_of, out_dir / "checkpoints")
+        result = training.train(trainer, stages, groups_of, out_dir / "checkpoints")
         final = out_dir / "student"
         if main:
             bar.update_to(trainer.step)  # a run resumed after its last stage logs no step

@@ -130,3 +130,24 @@ def test_progress_outside_prefect_counts_without_an_artifact():
     bar.advance(3)
     assert bar.done == 8 and bar.percent() == 100.0
     bar.close()
+
+
+def test_training_needs_no_teacher_once_generated(prefect_api, tmp_path, checkpoints):
+    """The teacher side (masking, forwards) ran in generation: training after it succeeds
+    with the teacher's folder gone, and equals the training of the full flow."""
+    import shutil
+
+    from tasks.train import run_training
+
+    cfg = _cfg(tmp_path, checkpoints)
+    out = distill_flow(config=cfg.public_dict())
+    first = Path(out["trained"]["student_path"])
+    shutil.rmtree(checkpoints["teacher"])
+    again = load_config(ROOT / "configs" / "smoke.yaml", [
+        *smoke_distill_overrides(tmp_path, checkpoints),
+        f"training.output_dir={tmp_path / 'train-again'}"])
+    trained = run_training(again, out["manifests"], out["scores"], out["tables"])
+    second = Path(trained["student_path"])
+    assert second != first and trained["steps"] == out["trained"]["steps"]
+    assert (second / "model.safetensors").read_bytes() == (
+        first / "model.safetensors").read_bytes()

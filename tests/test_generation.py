@@ -243,7 +243,8 @@ def test_stage_resumes_after_a_kill_and_heals_corruption(kind, pair, tmp_path, r
     def run() -> list[dict]:
         planned = generation.plan_stage(
             store, stage, [r["id"] for r in rows], lambda s: rows[s.start : s.stop], cfg,
-            teacher_fingerprint="tf", student_fingerprint="sf")
+            teacher_fingerprint="tf", student_fingerprint="sf",
+            vocab=len(student.processor.tokenizer.get_vocab()))
         for p in planned:
             if not p["cached"]:
                 generation.write_shard(store, p, stage, teacher, student,
@@ -266,6 +267,16 @@ def test_stage_resumes_after_a_kill_and_heals_corruption(kind, pair, tmp_path, r
     assert [p["cached"] for p in planned] == [True, False, True]
     assert killer.calls == 1
     assert {p["key"]: cache.get_jsonl(store, p["key"]) for p in planned} == first
+    # Every shard has its teacher distributions; a corrupt one is recomputed from the cached
+    # answers (no sampling), equal to the first.
+    dists = {p["dists_key"]: store.get_bytes(p["dists_key"]) for p in planned}
+    assert len(dists) == 3 and len(store.list("dists/")) == 3
+    corrupt_object(store, planned[2]["dists_key"])
+    killer.calls = 0
+    planned = run()
+    assert [p["cached"] for p in planned] == [True, True, False]
+    assert killer.calls == 0
+    assert store.get_bytes(planned[2]["dists_key"]) == dists[planned[2]["dists_key"]]
 
 
 def _file_digest(folder: Path) -> str:

@@ -66,7 +66,9 @@ def test_k3_kl_matches_definition():
 
 def test_masters_loss_combines_terms():
     student, teacher, ref, targets, mask, adv = _setup(2)
-    terms = losses.masters_loss(student, teacher, ref, targets, mask, adv, kl_beta=0.1,
+    cached = losses.TeacherTargets.full(teacher)  # the whole vocabulary, as generation stores
+    ref_logp = losses.token_logprobs(ref, targets)
+    terms = losses.masters_loss(student, cached, ref_logp, targets, mask, adv, kl_beta=0.1,
                                 jsd_weight=1.0)
     logp = losses.token_logprobs(student, targets)
     grpo = losses.grpo_loss(logp, adv, mask)
@@ -78,5 +80,6 @@ def test_masters_loss_combines_terms():
     assert off["loss"].item() == pytest.approx(grpo.item())
     # The teacher is a constant: no gradient may flow into it.
     teacher.requires_grad_(True)
-    losses.masters_loss(student, teacher, ref, targets, mask, adv)["loss"].backward()
+    losses.masters_loss(student, losses.TeacherTargets.full(teacher), ref_logp, targets, mask,
+                        adv)["loss"].backward()
     assert teacher.grad is None

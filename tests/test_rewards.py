@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from masters import judge, rewards
-from masters.losses import generalized_jsd
+from masters.losses import TeacherTargets, generalized_jsd
 
 LONG = "blue " * 2000
 
@@ -102,7 +102,7 @@ def test_distillation_divergence_averages_answer_tokens_only():
     mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
     s_garbage = s.clone()
     s_garbage[mask == 0] = 100.0  # prompt/padding positions must not matter
-    got = rewards.distillation_divergence(t, s_garbage, mask)
+    got = rewards.distillation_divergence(TeacherTargets.full(t), s_garbage, mask)
     for b in range(3):
         positions = [i for i in range(5) if mask[b, i]]
         vals = [naive_jsd(t[b, i], s[b, i], 0.5) for i in positions]

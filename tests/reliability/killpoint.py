@@ -45,6 +45,17 @@ def install(point: str) -> None:
             return real_link(tmp, path)
 
         cache._link_if_absent = link
+    elif point == "dists":  # a shard's answers published, its distributions not yet
+        from masters import cache
+
+        real_link = cache._link_if_absent
+
+        def link(tmp, path):
+            if path.parent.name == "dists" and nth(1):
+                pause(point)
+            return real_link(tmp, path)
+
+        cache._link_if_absent = link
     elif point == "score":  # two shards scored and stored, the third being scored
         from masters import scoring
 
@@ -61,10 +72,10 @@ def install(point: str) -> None:
 
         real_step = training.MastersTrainer.loss_step
 
-        def loss_step(self, groups, teacher, stage, share=1.0):
+        def loss_step(self, groups, stage, share=1.0):
             if stage.index == 1 and nth(2):
                 pause(point)
-            return real_step(self, groups, teacher, stage, share)
+            return real_step(self, groups, stage, share)
 
         training.MastersTrainer.loss_step = loss_step
     elif point == "register":  # the version created (the student logged); no alias set yet

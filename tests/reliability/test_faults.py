@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import threading
 import uuid
 from pathlib import Path
@@ -153,12 +154,15 @@ def test_s3_errors_outage_and_corruption(prefect_api, moto_s3, rel_models, refer
     assert snapshot(store) == ref
     assert versions(cfg.tracking.tracking_uri) == ["1"]
 
-    # 2. One object of every kind corrupted in the bucket (a table, a shard, its scores, a
-    # manifest), then an outage of every write: the run fails naming the operation, the
-    # object and the endpoint, registers nothing new, and serves no corrupt object (the
-    # table it read was dropped, not used).
+    # 2. One object of every kind corrupted in the bucket (a table, a shard, its teacher
+    # distributions, its scores, a manifest), then an outage of every write: the run fails
+    # naming the operation, the object and the endpoint, registers nothing new, and serves
+    # no corrupt object (the table it read was dropped, not used).
     picked = {kind: next(k for k in ref if k.startswith(kind + "/"))
               for kind in ("tables", "shards", "scores", "manifests")}
+    shard_dists = {s["key"]: s["dists_key"] for k in ref if k.startswith("manifests/")
+                   for s in json.loads(ref[k])["shards"]}
+    picked["dists"] = shard_dists[picked["shards"]]  # that shard's: one shard regenerates
     for key in picked.values():
         corrupt_object(store, key)
     faults = S3Faults()
@@ -173,8 +177,8 @@ def test_s3_errors_outage_and_corruption(prefect_api, moto_s3, rel_models, refer
     failed = run_ids(client, cfg.tracking.experiment)
 
     # 3. The outage over: the re-run recomputes exactly the corrupted objects (one table, one
-    # shard, one shard's scores, one manifest), ends with the reference bucket, and adds no
-    # version.
+    # shard and its distributions, one shard's scores, one manifest), ends with the reference
+    # bucket, and adds no version.
     faults.outage_ops = set()
     state, error, out = distill(cfg, printed)
     assert error is None, error

@@ -4,6 +4,8 @@ One chain of `masters distill` processes on one cache (forked from forkserver.py
 own session). Each is SIGKILLed at the next step, and the next run resumes (killpoint.py):
 
 1. generation: a shard written and fsynced to its temp file, not yet published;
+1b. the next run: a shard's answers published, its teacher distributions fsynced to their
+   temp file, not yet published (the run after computes them from the cached answers);
 2. scoring: two shards' rewards stored, the third being scored;
 3. training: stage 0 checkpointed, one optimizer step into stage 1;
 4. registration: the student logged and its model version created, no alias set yet.
@@ -34,7 +36,7 @@ from .helpers import (
     versions,
 )
 
-POINTS = ["generate", "score", "train", "register"]
+POINTS = ["generate", "dists", "score", "train", "register"]
 
 
 def test_sigkill_at_every_step_then_resume(forkserver, rel_models, reference, tmp_path):
@@ -74,7 +76,9 @@ def test_sigkill_at_every_step_then_resume(forkserver, rel_models, reference, tm
     # What each kill left: 2 of 4 shards (and the third's unpublished temp file, which no
     # reader sees), then 2 of 4 score objects, then the whole cache before training.
     assert (count("shards/", "generate"), count("scores/", "generate")) == (2, 0)
-    assert [t for t in temp_files(store) if t.startswith("shards/")]
+    assert count("dists/", "generate") == 2  # each published shard has its distributions
+    assert (count("shards/", "dists"), count("dists/", "dists")) == (3, 2)
+    assert [t for t in temp_files(store) if t.startswith(("shards/", "dists/"))]
     assert (count("shards/", "score"), count("scores/", "score")) == (4, 2)
     assert after["train"] == set(ref)
 
@@ -88,7 +92,8 @@ def test_sigkill_at_every_step_then_resume(forkserver, rel_models, reference, tm
         return sum(m.value for r in runs_of[point].values() if r.info.run_name == run_name
                    for m in client.get_metric_history(r.info.run_id, metric))
 
-    assert total("score", "generate", "shards_new") == 2  # the unpublished shard + one more
+    # the shard without distributions (answers reused, not resampled) + one more
+    assert total("score", "generate", "shards_new") == 2
     assert total("score", "generate", "shards_cached") == 2
     assert total("train", "score-stage-0", "shards_scored") == 0
     assert total("train", "score-stage-1", "shards_scored") == 2
