@@ -9,6 +9,7 @@ step (masking, generation, rewards, training, registry) runs the real-checkpoint
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,12 +54,17 @@ SHAPES: dict[str, ModelShape] = {
 }
 
 
-def build_tokenizer():
-    """Word-level tokenizer over the synthetic vocabulary, wrapped for transformers."""
+def build_tokenizer(named: dict[str, str] | None = None, extra: Sequence[str] = ()):
+    """Word-level tokenizer over the synthetic vocabulary, wrapped for transformers.
+
+    `named` become `extra_special_tokens` (`tok.image_token`, ... as on the hub; default: the
+    LLaVA image token); `extra` are further special tokens a processor looks up by string
+    (tests/families.py builds each real family's tokenizer this way)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = [PAD, UNK, BOS, EOS, IMAGE]
+    named = {"image_token": IMAGE} if named is None else named
+    specials = list(dict.fromkeys([PAD, UNK, BOS, EOS, *named.values(), *extra]))
     words = ["user", "assistant", ":"] + synthetic.vocabulary()  # chat-template words first
     vocab = {tok: i for i, tok in enumerate(specials + list(dict.fromkeys(words)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
@@ -71,7 +77,7 @@ def build_tokenizer():
         unk_token=UNK,
         bos_token=BOS,
         eos_token=EOS,
-        extra_special_tokens={"image_token": IMAGE},
+        extra_special_tokens=named,
         padding_side="right",
     )
 

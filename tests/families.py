@@ -41,8 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from masters import synthetic
-from masters.embedded import BOS, EOS, PAD, UNK, save
+from masters.embedded import BOS, EOS, build_tokenizer, save
 
 
 @dataclass(frozen=True)
@@ -96,30 +95,9 @@ def chat_template(image: str, bos: str = BOS, images_first: bool = False) -> str
 
 
 def tokenizer(named: dict[str, str], extra: list[str] = ()):
-    """Word-level tokenizer over the synthetic vocabulary plus a family's special tokens.
-
-    `named` become `extra_special_tokens`, so `tok.image_token`, `tok.boi_token_id`... exist
-    as on the hub; `extra` are further special tokens the processor looks up by string.
-    """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = list(dict.fromkeys([PAD, UNK, BOS, EOS, *named.values(), *extra]))
-    words = ["user", "assistant", ":"] + synthetic.vocabulary()
-    vocab = {t: i for i, t in enumerate(specials + list(dict.fromkeys(words)))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD,
-        unk_token=UNK,
-        bos_token=BOS,
-        eos_token=EOS,
-        extra_special_tokens=named,
-        padding_side="right",
-    )
+    """The embedded word-level tokenizer with a family's special tokens (`named` become
+    `extra_special_tokens`, so `tok.image_token`, `tok.boi_token_id`... exist as on the hub)."""
+    return build_tokenizer(named, extra)
 
 
 def text_kwargs(size: Size, tok) -> dict:
