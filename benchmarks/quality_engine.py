@@ -13,8 +13,6 @@ a row measures the pipeline, not a re-implementation; only the orchestration is 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import OrderedDict
 from typing import Any
@@ -64,21 +62,12 @@ def _masked_teacher(cfg: MastersConfig, teacher) -> tuple[MaskedTeacher, Any, st
     return masked, processor, fp
 
 
-def _labels(split) -> tuple[dict, str]:
-    table = split.select_columns(["id", "question", "answer"]).to_dict()
-    labels = {str(i): {"question": q, "answer": a}
-              for i, q, a in zip(table["id"], table["question"], table["answer"], strict=True)}
-    digest = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
-    return labels, digest
-
-
 def stage_groups(cfg: MastersConfig, store, stats: dict) -> tuple[list, dict[int, list]]:
     """The schedule and, per stage, its question groups (answers from the cache, R_acc)."""
     split = load_split(cfg, "train")
     stages = build_schedule(cfg.teachers, len(split))
     ids = [str(i) for i in split["id"]]
     index = {q: i for i, q in enumerate(ids)}
-    labels, digest = _labels(split)
     s_model, s_proc, s_fp = _frozen(cfg.student.path)
     student = LoadedModel(s_model, s_proc)
 
@@ -105,6 +94,8 @@ def stage_groups(cfg: MastersConfig, store, stats: dict) -> tuple[list, dict[int
             stats["generation_s"] = stats.get("generation_s", 0.0) + time.perf_counter() - t0
             stats["shards_generated"] = stats.get("shards_generated", 0) + len(missing)
         groups: OrderedDict[str, training.Group] = OrderedDict()
+        labels, digest = scoring.stage_labels(split, {q for p in planned
+                                                      for q in p["question_ids"]})
         for p in planned:
             records = cache.get_jsonl(store, p["key"])
             dists = distributions.from_bytes(store.get_bytes(p["dists_key"]))

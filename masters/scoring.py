@@ -12,6 +12,23 @@ from masters.config import RewardsConfig
 SCORING_FORMAT = 1
 
 
+def stage_labels(split, question_ids: set[str]) -> tuple[dict, str]:
+    """The labels (question, answer, choices if any) of a stage's questions and their digest:
+    part of every score key of the stage, so the pipeline and the benchmark key alike."""
+    import hashlib
+    import json
+
+    cols = ["id", "question", "answer"] + (["choices"] if "choices" in split.column_names
+                                            else [])
+    table = split.select_columns(cols).to_dict()
+    labels = {}
+    for i, qid in enumerate(table["id"]):
+        if str(qid) in question_ids:
+            labels[str(qid)] = {c: table[c][i] for c in cols if c != "id"}
+    digest = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
+    return labels, digest
+
+
 def score_key(shard_key: str, cfg: RewardsConfig, labels_digest: str,
               judge_fingerprint: str | None = None) -> str:
     """Scores of one shard under one scorer config against one set of labels."""

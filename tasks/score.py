@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from prefect import get_run_logger, task
 
 from masters import cache, models, plots, scoring
@@ -13,19 +10,6 @@ from masters.judge import hf_text_generator
 from masters.tracking import Tracker
 from tasks.common import PERSIST, TRANSIENT_RETRIES, flow_run_tags, retry_transient
 from tasks.generate import RESIDENT
-
-
-def _labels(cfg, question_ids: set[str]) -> tuple[dict, str]:
-    split = RESIDENT.split(cfg.data)
-    cols = ["id", "question", "answer"] + (["choices"] if "choices" in split.column_names
-                                            else [])
-    table = split.select_columns(cols).to_dict()
-    labels = {}
-    for i, qid in enumerate(table["id"]):
-        if str(qid) in question_ids:
-            labels[str(qid)] = {c: table[c][i] for c in cols if c != "id"}
-    digest = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
-    return labels, digest
 
 
 def _judge(cfg, manifest):
@@ -47,7 +31,7 @@ def score_stage(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> di
     cfg = from_public(cfg_json)
     store = cache.open_store(cfg.storage)
     qids = {q for s in manifest["shards"] for q in s["question_ids"]}
-    labels, digest = _labels(cfg, qids)
+    labels, digest = scoring.stage_labels(RESIDENT.split(cfg.data), qids)
     judge_generate, judge_fp = (None, None)
     if cfg.rewards.scorer == "judge":
         judge_generate, judge_fp = _judge(cfg, manifest)
