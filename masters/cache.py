@@ -502,8 +502,17 @@ def put_jsonl(
 
 
 def get_jsonl(store: Store, key: str) -> list[dict[str, Any]]:
-    text = store.get_bytes(key)
-    return [_loads(line, store.uri(key)) for line in text.splitlines() if line.strip()]
+    return _lines(store.get_bytes(key), store.uri(key))
+
+
+def get_jsonl_or_none(store: Store, key: str) -> list[dict[str, Any]] | None:
+    """The records at `key`, or None when missing or corrupt (a corrupt one is deleted)."""
+    data = store.get_or_none(key)
+    return None if data is None else _lines(data, store.uri(key))
+
+
+def _lines(text: bytes, where: str) -> list[dict[str, Any]]:
+    return [_loads(line, where) for line in text.splitlines() if line.strip()]
 
 
 def _loads(data: bytes, where: str) -> Any:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from masters import cache
+from masters import cache, inputs
 from masters.losses import TeacherTargets, token_logprobs
 
 # Bump when what is stored or how it is computed changes: every dists key changes with it.
@@ -78,19 +78,18 @@ def for_records(teacher, reference, rows: Sequence, records: Sequence[dict], top
 
     by_id = {str(r["id"]): r for r in rows}
     groups: dict[str, training.Group] = {}
-    where = []  # (group index, answer index) of every record
+    where = []  # (question id, answer index) of every record
     for rec in records:
         qid = str(rec["question_id"])
         if qid not in groups:
             row = by_id[qid]
             groups[qid] = training.Group(qid, row["image"], row["question"], [], [])
         g = groups[qid]
-        where.append((list(groups).index(qid), len(g.answers)))
+        where.append((qid, len(g.answers)))
         g.answers.append(list(rec["token_ids"]))
         g.accuracy.append(None)
-    ordered = list(groups.values())
-    attach(teacher, reference, ordered, top_k, batch_groups)
-    return [ordered[gi].dists[ai] for gi, ai in where]
+    attach(teacher, reference, list(groups.values()), top_k, batch_groups)
+    return [groups[qid].dists[i] for qid, i in where]
 
 
 def attach(teacher, reference, groups: Sequence, top_k: int, batch_groups: int = 8) -> None:
@@ -101,21 +100,18 @@ def attach(teacher, reference, groups: Sequence, top_k: int, batch_groups: int =
     for start in range(0, len(groups), batch_groups):
         part = groups[start : start + batch_groups]
         with torch.no_grad():
-            t_enc = training.encode_answers(teacher.processor, part, _device(teacher.model))
+            t_enc = training.encode_answers(teacher.processor, part,
+                                            inputs.device_of(teacher.model))
             t_logits = training.answer_logits(teacher.model, t_enc, vocab)
             r_enc = (t_enc if reference.processor is teacher.processor else
                      training.encode_answers(reference.processor, part,
-                                             _device(reference.model)))
+                                             inputs.device_of(reference.model)))
             r_logits = training.answer_logits(reference.model, r_enc, vocab)
         flat = summarise(t_logits.cpu(), r_logits.cpu(), t_enc.targets.cpu(), top_k)
         i = 0
         for g in part:
             g.dists = flat[i : i + len(g.answers)]
             i += len(g.answers)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def to_bytes(dists: Sequence[AnswerDist]) -> bytes:

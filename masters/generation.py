@@ -98,11 +98,6 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def encode(processor, images: Sequence, questions: Sequence[str]) -> dict:
-    """Left-padded generation inputs, built by the processor (masters.inputs)."""
-    return inputs.encode_prompts(processor, images, questions)
-
-
 def _eos_ids(model, tokenizer) -> set[int]:
     ids = getattr(model.generation_config, "eos_token_id", None)
     ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
@@ -182,8 +177,8 @@ def sample_answers(
     out: list[list[Answer]] = []
     for b, start in enumerate(range(0, len(questions), cfg.batch_size)):
         sl = slice(start, start + cfg.batch_size)
-        batch = encode(processor, images[sl], questions[sl])
-        batch = inputs.to_model(batch, model)
+        batch = inputs.to_model(inputs.encode_prompts(processor, images[sl], questions[sl]),
+                                model)
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(derive_seed(seed, b))
             seqs = _generate(model, batch, n, image_token_id, shared_prefill, pad_token_id=pad,
@@ -338,14 +333,13 @@ def write_shard(
     if ids != list(planned["question_ids"]):
         raise ValueError(f"rows {ids[:3]}... do not match shard {planned['key']} "
                          f"({list(planned['question_ids'])[:3]}...)")
-    blob = store.get_or_none(planned["key"])
-    if blob is None:
+    # Cached answers whose distributions are missing (killed in between, or corrupt) are kept.
+    records, written = cache.get_jsonl_or_none(store, planned["key"]), False
+    if records is None:
         records = generate_shard(teacher, student, rows, teacher_name=stage.teacher,
                                  ratio=stage.ratio, cfg=cfg, seed=shard_seed(planned["key"]))
         # if_absent: two runs racing on one shard produce the same content; the first wins.
         written = cache.put_jsonl(store, planned["key"], records, if_absent=True)
-    else:  # answers cached, their distributions missing (killed in between, or corrupt)
-        records, written = cache.get_jsonl(store, planned["key"]), False
     if store.get_or_none(planned["dists_key"]) is None:
         dists = distributions.for_records(teacher, reference, rows, records, cfg.teacher_top_k,
                                           batch_groups=max(1, cfg.batch_size // 8))

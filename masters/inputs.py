@@ -46,18 +46,13 @@ def encode_prompts(processor, images: Sequence, questions: Sequence[str], *,
     """The processor's batch for image + question prompts; left padding for `generate`."""
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images for {len(questions)} questions")
-    tok = processor.tokenizer
-    old, tok.padding_side = tok.padding_side, padding_side
-    try:
-        # One list per prompt: a flat list reads as every image belonging to one prompt in
-        # processors that take several images per sample (Idefics3, SmolVLM). The chat
-        # template already holds BOS where the model wants one.
-        enc = processor(images=[[as_image(im)] for im in images],
-                        text=[prompt_text(processor, q) for q in questions],
-                        padding=True, return_tensors="pt", add_special_tokens=False)
-    finally:
-        tok.padding_side = old
-    enc = dict(enc)
+    # One list per prompt: a flat list reads as every image belonging to one prompt in
+    # processors that take several images per sample (Idefics3, SmolVLM). The chat template
+    # already holds BOS where the model wants one.
+    enc = dict(processor(images=[[as_image(im)] for im in images],
+                         text=[prompt_text(processor, q) for q in questions],
+                         padding=True, padding_side=padding_side, return_tensors="pt",
+                         add_special_tokens=False))
     enc.pop("labels", None)  # PaliGemma's processor adds them; masters builds its own
     return enc
 
@@ -77,10 +72,6 @@ class Forced:
             row = row[row >= 0]
             out[i, start : start + len(row)] = row
         return out
-
-    def to(self, model) -> Forced:
-        return Forced(to_model(self.inputs, model), self.starts.to(_device(model)),
-                      self.targets.to(_device(model)))
 
 
 def encode_forced(processor, images: Sequence, questions: Sequence[str],
@@ -136,7 +127,7 @@ def _answer_token_type(processor) -> int:
     return 1 if type(processor).__name__.startswith("PaliGemma") else 0
 
 
-def _device(model) -> torch.device:
+def device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 

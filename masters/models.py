@@ -398,10 +398,6 @@ def file_mapped(model, o: CheckpointOrigin) -> set[str]:
 
 
 def tokenize_left_padded(tok, texts: Sequence[str]):
-    """Left padding for `generate` (it appends on the right), restoring the tokenizer after."""
-    old = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        return tok(list(texts), add_special_tokens=False, padding=True, return_tensors="pt")
-    finally:
-        tok.padding_side = old
+    """Left padding for `generate` (it appends on the right); the tokenizer is not changed."""
+    return tok(list(texts), add_special_tokens=False, padding=True, padding_side="left",
+               return_tensors="pt")

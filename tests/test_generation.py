@@ -18,7 +18,7 @@ import torch
 from conftest import corrupt_object
 from pydantic import SecretStr
 
-from masters import cache, embedded, generation, models, synthetic
+from masters import cache, embedded, generation, inputs, models, synthetic
 from masters.config import GenerationConfig, StorageConfig, load_config
 from masters.generation import LoadedModel
 from masters.masking import MaskedTeacher, compute_thresholds
@@ -106,8 +106,8 @@ def test_shared_prefill_matches_the_plain_call(pair, monkeypatch):
     vision tower sees each image once instead of n times."""
     teacher, _ = pair
     rows = _rows(5)  # questions of different lengths: left padding differs per row
-    batch = generation.encode(teacher.processor, [r["image"] for r in rows],
-                              [r["question"] for r in rows])
+    batch = inputs.encode_prompts(teacher.processor, [r["image"] for r in rows],
+                                  [r["question"] for r in rows])
     assert (batch["attention_mask"] == 0).any()
     tok = teacher.processor.tokenizer
     image_id = tok.convert_tokens_to_ids(teacher.processor.image_token)
