@@ -20,7 +20,7 @@ import torch
 
 from masters import cache, generation, models, synthetic
 from masters.config import GenerationConfig
-from masters.masking import MaskedTeacher, compute_thresholds
+from masters.masking import MaskedTeacher
 from masters.schedule import Stage
 
 N_QUESTIONS = 64
@@ -36,7 +36,7 @@ def throughput(repeats: int = 3, device: str = "cpu", dtype: torch.dtype = torch
     """Answers/s of each way of calling generation (see the module docstring), best of
     `repeats`, with the embedded large teacher masked at r = 0.2 on `device` in `dtype`."""
     teacher_model, teacher_proc = models.load("embedded:large", dtype=dtype, device=device)
-    MaskedTeacher(teacher_model, compute_thresholds(teacher_model, [0.2])).set_ratio(0.2)
+    MaskedTeacher(teacher_model).set_ratio(0.2)
     rows = _rows(n_questions)
     images = [r["image"] for r in rows]
     questions = [r["question"] for r in rows]
@@ -76,7 +76,7 @@ def sync_device(device) -> None:
 
 def run(repeats: int = 3) -> dict:
     out = throughput(repeats)
-    table = compute_thresholds(models.load("embedded:large")[0], [0.2])
+    teacher_fp = models.fingerprint(models.load("embedded:large")[0])
     rows = _rows(N_QUESTIONS)
 
     # A stage of 64 questions in shards of 16: first run (load + generate + store) vs a
@@ -98,13 +98,13 @@ def run(repeats: int = 3) -> dict:
         def one_run() -> float:
             t0 = time.perf_counter()
             planned = generation.plan_stage(store, stage, ids, rows_of, cfg,
-                                            teacher_fingerprint=table.fingerprint,
+                                            teacher_fingerprint=teacher_fp,
                                             student_fingerprint="student", vocab=vocab)
             missing = [p for p in planned if not p["cached"]]
             if missing:
                 loads["n"] += 2
                 t_model, t_proc = models.load("embedded:large")
-                MaskedTeacher(t_model, table).set_ratio(0.2)
+                MaskedTeacher(t_model).set_ratio(0.2)
                 s_model, s_proc = models.load("embedded:student")
                 for p in missing:
                     generation.write_shard(store, p, stage,

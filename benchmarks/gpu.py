@@ -5,10 +5,7 @@ The same measurements as the CPU sections, on the device the pipeline would use
 once, by a warm-up, not by every timed load):
   * generation: batched vs one question per call (`benchmarks.generation.throughput`);
   * masking: load a checkpoint onto the device, plain vs load + `MaskedTeacher.set_ratio(0.2)`
-    (the masked teacher's restore record on the host, as in the pipeline). Unlike the CPU
-    section, where transformers maps the file zero-copy and a plain load writes no bytes, a
-    load onto a GPU copies every weight over PCIe, and the masking pass runs at device
-    memory speed;
+    (masked in place on the device, as in the pipeline);
   * training: one Masters step's time and peak device memory (`benchmarks.training.measure`).
 """
 
@@ -23,7 +20,7 @@ import torch
 
 from benchmarks import generation, training
 from masters import embedded, models
-from masters.masking import MaskedTeacher, compute_thresholds
+from masters.masking import MaskedTeacher
 
 # The CPU masking section's 47M-parameter shape, so the two sections compare.
 MASKING_SHAPE = embedded.ModelShape(512, 6, 8, 2048, 512, 8, 8, 1536)
@@ -32,8 +29,6 @@ MASKING_SHAPE = embedded.ModelShape(512, 6, 8, 2048, 512, 8, 8, 1536)
 def load_times(ckpt: Path, device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
     """Median seconds of a plain load and of a masked-teacher load onto `device`."""
     from transformers import AutoModelForImageTextToText
-
-    table = compute_thresholds(models.load(ckpt, dtype=dtype)[0], [0.2])
 
     def plain() -> float:
         generation.sync_device(device)
@@ -49,7 +44,7 @@ def load_times(ckpt: Path, device: torch.device, dtype: torch.dtype, repeats: in
         generation.sync_device(device)
         t0 = time.perf_counter()
         model, _ = models.load(ckpt, dtype=dtype, device=device)
-        MaskedTeacher(model, table).set_ratio(0.2)
+        MaskedTeacher(model).set_ratio(0.2)
         generation.sync_device(device)
         elapsed = time.perf_counter() - t0
         del model

@@ -1,29 +1,20 @@
-"""Masking engine costs: one-pass thresholds vs per-ratio passes, masked vs plain load, disk.
+"""Masking costs: in place through the staircase, beside torch.nn.utils.prune and a plain load.
 
-The paper writes one checkpoint per ratio; we keep one table and apply it at load time. This
-measures what that costs, as ratios within one run on one machine.
-
-Loads are timed in fresh processes (warm page cache, cold process), as a pipeline task loads a
-teacher, so no run inherits memory or state from the one before; each process first loads the
-small embedded student to import and initialise the libraries, untimed. Kinds alternate and
-the median of `repeats` runs per kind is reported.
-  * plain: the bare Auto-class load (`from_pretrained` + `AutoProcessor`, safetensors), without
-    the checks and provenance bookkeeping `models.load` adds;
-  * masked: everything a user pays for a masked teacher: `models.load`, reading the threshold
-    table, `MaskedTeacher` (fingerprint check) and `set_ratio(0.2)`. The fingerprint comes
-    from the fingerprint cache, which the first fingerprint of the checkpoint filled (here a
-    prune-like load + fingerprint, as `masters prune` does);
-  * masked, cold: the same with an empty fingerprint cache (the first use of a checkpoint:
-    every weight is hashed);
-  * OS floor: fresh private pages as large as the masked tensors (anonymous mmap with
-    MAP_POPULATE, no computation): what writing any masked copy, or masking in place, needs at
-    least, since transformers maps the checkpoint zero-copy and the plain load writes nothing.
+The paper writes one checkpoint per ratio; masters masks the loaded teacher in place, ratios
+increasing (masks only grow), and writes nothing. Measured on one model, in one run:
+  * in place, every ratio of the staircase in turn (`MaskedTeacher.set_ratio`, one selection
+    per tensor per ratio) vs one ratio by a full stable sort per tensor (the definition);
+  * torch.nn.utils.prune.l1_unstructured at r = 0.2 on the same tensors: its time and the
+    memory it adds (a `weight_orig` copy and a `weight_mask` per tensor), which masking in
+    place does not;
+  * what generation pays for a teacher, in fresh processes (warm page cache, cold process,
+    the libraries imported untimed first; kinds alternated, median of `repeats`): the plain
+    Auto-class load, and `models.load` + `fingerprint` + mask at r = 0.2.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,47 +23,39 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.utils import prune
 
-from masters import embedded, models
-from masters.masking import MaskScope, compute_thresholds, zeroed_count
+from masters import embedded
+from masters.masking import MaskedTeacher, MaskScope, in_scope, zeroed_count
 
 RATIOS = [round(0.05 * i, 2) for i in range(9)]  # 0 .. 0.4: M = 9
+SHAPE = embedded.ModelShape(512, 6, 8, 2048, 512, 8, 8, 1536)  # ~47M parameters
 
 _CHILD = r"""
-import json, mmap, os, sys, time
+import json, sys, time
 import torch
 from masters import models
-from masters.masking import MaskedTeacher, ThresholdTable
-kind, ckpt, table_path = sys.argv[1:4]
+from masters.masking import MaskedTeacher
+kind, ckpt = sys.argv[1:3]
 models.load("embedded:student")  # imports and first-call set-up, untimed
 out = {}
+t0 = time.perf_counter()
 if kind == "plain":
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    t0 = time.perf_counter()
     model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.float32,
                                                         use_safetensors=True)
     AutoProcessor.from_pretrained(ckpt)
     model.eval()
-    out["s"] = time.perf_counter() - t0
-elif kind == "floor":
-    nbytes = int(table_path)
-    t0 = time.perf_counter()
-    mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
-    out["s"] = time.perf_counter() - t0
 else:
-    t0 = time.perf_counter()
     model, _ = models.load(ckpt)
-    teacher = MaskedTeacher(model, ThresholdTable.load(table_path))
-    teacher.set_ratio(0.2)
-    out["s"] = time.perf_counter() - t0
-    out["mapped"] = len(teacher.record.originals)
-    out["record_bytes"] = teacher.record.nbytes()
-    t0 = time.perf_counter()
-    teacher.set_ratio(0.15)
-    out["lower_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    teacher.set_ratio(0.0)
-    out["restore_s"] = time.perf_counter() - t0
+    out["load_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    models.fingerprint(model)
+    out["fingerprint_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    MaskedTeacher(model).set_ratio(0.2)
+    out["mask_s"] = time.perf_counter() - t1
+out["s"] = time.perf_counter() - t0
 print("RESULT " + json.dumps(out))
 """
 
@@ -86,119 +69,107 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def per_ratio_thresholds(model, ratios, scope: MaskScope | None = None) -> dict:
-    """The naive way: a fresh selection per ratio per tensor (what one-pass replaces)."""
-    scope = scope or MaskScope()
-    out = {}
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not scope.covers(name, t):
-                continue
-            mags = t.detach().reshape(-1).abs()
-            for r in ratios:
-                k = zeroed_count(r, mags.numel())
-                if 0 < k < mags.numel():
-                    out[(name, r)] = float(torch.sort(mags, stable=True).values[k])
-    return out
+def _sorted_mask(tensors: dict[str, torch.Tensor], r: float) -> None:
+    """The definition, with a full stable sort per tensor (what one selection replaces)."""
+    for t in tensors.values():
+        flat = t.detach().view(-1)
+        order = torch.sort(flat.abs(), stable=True).indices
+        flat[order[: zeroed_count(r, flat.numel())]] = 0
 
 
-def _bench_model(shape: str | embedded.ModelShape, seed: int = 0):
-    model, processor = embedded.build(shape, seed=seed)
-    return model.eval(), processor
+def _staircase(model) -> None:
+    teacher = MaskedTeacher(model)
+    for r in RATIOS:
+        teacher.set_ratio(r)
 
 
-def _child(kind: str, ckpt: Path, arg: str, fingerprint_cache: Path) -> dict:
-    env = dict(os.environ, **{models.FINGERPRINT_CACHE_ENV: str(fingerprint_cache)})
-    proc = subprocess.run([sys.executable, "-c", _CHILD, kind, str(ckpt), arg], env=env,
-                          capture_output=True, text=True, check=True)
+def _torch_prune(model) -> int:
+    """l1_unstructured at r = 0.2 on the masked scope; returns the bytes it added."""
+    tensors, _ = in_scope(model, MaskScope())
+    owners = dict(model.named_modules())
+    added = 0
+    for name, t in tensors.items():
+        module, param = name.rsplit(".", 1)
+        prune.l1_unstructured(owners[module], param, amount=0.2)
+        added += 2 * t.numel() * t.element_size()  # weight_orig + weight_mask (same dtype)
+    return added
+
+
+def _child(kind: str, ckpt: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _CHILD, kind, str(ckpt)], capture_output=True,
+                          text=True, check=True)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 
 def run(repeats: int = 3, load_repeats: int = 5) -> dict:
-    results = {"ratios": RATIOS}
-    # A model of a few tens of millions of parameters: big enough that fixed overheads do not
-    # dominate, small enough for a 2-core CPU.
-    shape = embedded.ModelShape(512, 6, 8, 2048, 512, 8, 8, 1536)
-    model, processor = _bench_model(shape)
-    n_params = embedded.n_params(model)
-    results["params"] = n_params
-    one_pass = _best(lambda: compute_thresholds(model, RATIOS), repeats)
-    naive = _best(lambda: per_ratio_thresholds(model, RATIOS), max(1, repeats - 1))
-    results["thresholds_one_pass_s"] = one_pass
-    results["thresholds_per_ratio_s"] = naive
-    results["thresholds_speedup"] = naive / one_pass
+    model, processor = embedded.build(SHAPE, seed=0)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
 
+    def fresh():
+        model.load_state_dict(original)
+        return model
+
+    tensors, _ = in_scope(model, MaskScope())
+    out: dict = {"ratios": RATIOS, "params": embedded.n_params(model),
+                 "masked_params": sum(t.numel() for t in tensors.values())}
+    staircase = [_best(lambda: _staircase(fresh()), 1) for _ in range(repeats)]
+    out["staircase_s"] = min(staircase)
+    out["one_ratio_select_s"] = min(_best(lambda: MaskedTeacher(fresh()).set_ratio(0.2), 1)
+                                    for _ in range(repeats))
+    out["one_ratio_sort_s"] = min(_best(lambda: _sorted_mask(in_scope(fresh(), MaskScope())[0],
+                                                             0.2), 1) for _ in range(repeats))
+    out["select_speedup"] = out["one_ratio_sort_s"] / out["one_ratio_select_s"]
+    prune_s, added = [], 0
+    for _ in range(repeats):
+        m, _ = embedded.build(SHAPE, seed=0)
+        t0 = time.perf_counter()
+        added = _torch_prune(m)
+        prune_s.append(time.perf_counter() - t0)
+        del m
+    out["torch_prune_s"] = min(prune_s)
+    out["torch_prune_added_bytes"] = added
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = embedded.save(model, processor, Path(tmp) / "teacher")
-        table = compute_thresholds(model, RATIOS)
-        table_path = table.save(Path(tmp) / "table.json")
-        masked_bytes = sum(e.numel * 4 for e in table.tensors.values())
-        cache = Path(tmp) / "fingerprints"
-        # A checkpoint written moments ago is never trusted by stat (models.RACY_NS).
-        age = time.time_ns() - max(p.stat().st_ctime_ns for p in ckpt.iterdir())
-        time.sleep(max(0.0, (models.RACY_NS - age) / 1e9 + 0.1))
-        prune = _child("masked", ckpt, str(table_path), cache)  # fills the fingerprint cache
-        runs: dict[str, list[dict]] = {"plain": [], "masked": [], "cold": [], "floor": []}
-        for i in range(load_repeats):
-            runs["plain"].append(_child("plain", ckpt, "", cache))
-            runs["masked"].append(_child("masked", ckpt, str(table_path), cache))
-            runs["cold"].append(_child("masked", ckpt, str(table_path),
-                                       Path(tmp) / f"empty-{i}"))
-            runs["floor"].append(_child("floor", ckpt, str(masked_bytes), cache))
-
-        def median(kind, key="s"):
-            return statistics.median(r[key] for r in runs[kind])
-
-        results["load_plain_s"] = median("plain")
-        results["load_masked_s"] = median("masked")
-        results["load_masked_cold_s"] = median("cold")
-        results["load_masked_over_plain"] = results["load_masked_s"] / results["load_plain_s"]
-        results["load_masked_cold_over_plain"] = (results["load_masked_cold_s"]
-                                                  / results["load_plain_s"])
-        results["fresh_pages_s"] = median("floor")
-        results["masked_bytes"] = masked_bytes
-        results["lower_ratio_s"] = median("masked", "lower_s")
-        results["restore_s"] = median("masked", "restore_s")
-        results["mapped_tensors"] = prune["mapped"]
-        results["masked_tensors"] = len(table.tensors)
-        results["record_bytes"] = prune["record_bytes"]
-        ckpt_bytes = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
-        results["checkpoint_bytes"] = ckpt_bytes
-        results["table_bytes"] = table_path.stat().st_size
-        results["per_ratio_checkpoints_bytes_paper"] = ckpt_bytes * (len(RATIOS) - 1)
-        results["repeats"] = load_repeats
-    return results
+        ckpt = embedded.save(model.eval(), processor, Path(tmp) / "teacher")
+        runs: dict[str, list[dict]] = {"plain": [], "masked": []}
+        for _ in range(load_repeats):
+            for kind in runs:
+                runs[kind].append(_child(kind, ckpt))
+        for key in ("load_s", "fingerprint_s", "mask_s"):
+            out[f"teacher_{key}"] = statistics.median(r[key] for r in runs["masked"])
+        out["load_plain_s"] = statistics.median(r["s"] for r in runs["plain"])
+        out["load_masked_s"] = statistics.median(r["s"] for r in runs["masked"])
+        out["load_masked_over_plain"] = out["load_masked_s"] / out["load_plain_s"]
+        out["checkpoint_bytes"] = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
+    out["repeats"], out["load_repeats"] = repeats, load_repeats
+    return out
 
 
 def markdown(r: dict) -> str:
     m = len(r["ratios"])
+    mb = r["checkpoint_bytes"] / 1e6
     return "\n".join([
-        f"Model: embedded LLaVA shape with {r['params'] / 1e6:.1f}M parameters; "
-        f"M = {m} ratios ({r['ratios'][0]} .. {r['ratios'][-1]}). Loads: fresh process each, "
-        f"warm page cache, median of {r['repeats']}.",
+        f"Model: embedded LLaVA shape with {r['params'] / 1e6:.1f}M parameters "
+        f"({r['masked_params'] / 1e6:.1f}M in the masked scope), float32, CPU; "
+        f"M = {m} ratios ({r['ratios'][0]} .. {r['ratios'][-1]}). In-process times: best of "
+        f"{r['repeats']}; loads: fresh process each, warm page cache, median of "
+        f"{r['load_repeats']}.",
         "",
         "| measurement | value |",
         "|---|---|",
-        f"| thresholds for all M ratios, one sort per tensor | "
-        f"{r['thresholds_one_pass_s']:.3f} s |",
-        f"| thresholds, one sort per tensor per ratio | {r['thresholds_per_ratio_s']:.3f} s |",
-        f"| **speed-up** (expect ~M = {m}x) | **{r['thresholds_speedup']:.1f}x** |",
-        f"| plain checkpoint load (Auto classes; weights mapped zero-copy) | "
-        f"{r['load_plain_s']:.3f} s |",
-        f"| load + materialise masked teacher at r=0.2 (fingerprint cached) | "
-        f"{r['load_masked_s']:.3f} s |",
-        f"| **masked / plain** (target <= 1.3x) | **{r['load_masked_over_plain']:.2f}x** |",
-        f"| the same, first use of the checkpoint (every weight hashed) | "
-        f"{r['load_masked_cold_s']:.3f} s ({r['load_masked_cold_over_plain']:.2f}x) |",
-        f"| OS floor: fresh private pages for the {r['masked_bytes'] / 1e6:.0f} MB of masked "
-        f"tensors, nothing computed | {r['fresh_pages_s']:.3f} s |",
-        f"| then r=0.2 -> 0.15 / -> 0 | {r['lower_ratio_s']:.3f} s / {r['restore_s']:.4f} s |",
-        f"| memory kept to restore ({r['mapped_tensors']} of {r['masked_tensors']} masked "
-        f"tensors mapped from the file) | {r['record_bytes'] / 1e6:.1f} MB |",
-        f"| checkpoint on disk | {r['checkpoint_bytes'] / 1e6:.1f} MB |",
-        f"| threshold table on disk (all ratios) | {r['table_bytes'] / 1e3:.1f} kB |",
-        f"| extra disk per ratio | 0 B (the paper's way: "
-        f"{r['checkpoint_bytes'] / 1e6:.1f} MB each, "
-        f"{r['per_ratio_checkpoints_bytes_paper'] / 1e6:.0f} MB for {m - 1} masked copies) |",
+        f"| mask in place through all M ratios, increasing | {r['staircase_s']:.3f} s |",
+        f"| mask at r = 0.2, one selection per tensor (`kthvalue`) | "
+        f"{r['one_ratio_select_s']:.3f} s |",
+        f"| mask at r = 0.2, one full stable sort per tensor (the definition) | "
+        f"{r['one_ratio_sort_s']:.3f} s ({r['select_speedup']:.1f}x slower) |",
+        f"| torch.nn.utils.prune.l1_unstructured at r = 0.2 | {r['torch_prune_s']:.3f} s, "
+        f"+{r['torch_prune_added_bytes'] / 1e6:.0f} MB (weight_orig + weight_mask) |",
+        "| memory masters adds to keep or restore a mask | 0 B (masks only grow) |",
+        f"| plain checkpoint load (Auto classes) | {r['load_plain_s']:.3f} s |",
+        f"| generation's teacher: `models.load` + fingerprint + mask at r = 0.2 | "
+        f"{r['load_masked_s']:.3f} s ({r['teacher_load_s']:.3f} + "
+        f"{r['teacher_fingerprint_s']:.3f} + {r['teacher_mask_s']:.3f}) |",
+        f"| **masked teacher / plain load** | **{r['load_masked_over_plain']:.2f}x** |",
+        f"| extra disk per ratio | 0 B (the paper's way: {mb:.1f} MB each, "
+        f"{mb * (m - 1):.0f} MB for {m - 1} masked copies) |",
     ])

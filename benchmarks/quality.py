@@ -353,6 +353,21 @@ def targets(results: dict) -> list[str]:
             ok = d > noise
             out.append(f"- full Masters vs {name}: {d:+.3f} (larger seed std {noise:.3f}): "
                        f"**{'met' if ok else 'missed'}**")
+    topk = _by_name(results, "topk")
+    exact = topk.get("whole vocabulary")
+    within = []
+    for name, r in topk.items():
+        if exact and name.startswith("k = "):
+            d, _ = compare(r, exact)
+            noise = max(mean_std(r["accuracy"])[1], mean_std(exact["accuracy"])[1])
+            within.append((int(name[4:]), d, noise))
+    if within:
+        ok = [k for k, d, noise in within if abs(d) <= noise]
+        detail = ", ".join(f"k = {k}: {d:+.3f} (std {noise:.3f})" for k, d, noise in
+                           sorted(within))
+        out.append(f"- top-k cached distributions vs the whole vocabulary, final accuracy: "
+                   f"{detail}; smallest k within the seed std: "
+                   f"**{min(ok) if ok else 'none'}**")
     if full and large:
         kept = statistics.fmean(full["accuracy"]) / statistics.fmean(large["accuracy"])
         ratio = full["params"] / large["params"]

@@ -1,65 +1,44 @@
 """One quality-benchmark run: the masters-distill pipeline's steps, called as library code.
 
 `run_config(cfg)` does what `masters distill` does for one config, minus Prefect, MLflow and
-the registry: threshold tables of the teachers, offline generation of every stage into the
+the registry: the masked teachers, offline generation of every stage into the
 content-addressed cache (so answers are generated once and shared by every row and seed that
 asks for the same stage), rule-based accuracy rewards, training with `MastersTrainer` over the
 mask-progressive schedule, then greedy test accuracy of the trained student.
 
-The functions it calls are the pipeline's own (`masters.generation.plan_stage` /
-`write_shard`, `masters.scoring.score_records`, `masters.training`, `masters.evaluation`), so
+The functions it calls are the pipeline's own (`masters.pipeline`, `masters.generation.plan_stage`
+/ `write_shard`, `masters.training`, `masters.evaluation`), so
 a row measures the pipeline, not a re-implementation; only the orchestration is inline.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from masters import cache, data, distributions, evaluation, generation, models, scoring, training
+from masters import cache, evaluation, generation, models, pipeline, training
 from masters.config import MastersConfig
 from masters.generation import LoadedModel
-from masters.masking import MaskedTeacher, MaskScope, compute_thresholds
-from masters.schedule import build_schedule
+from masters.schedule import build_schedule, generation_order
 
-_SPLITS: dict[tuple[str, str], Any] = {}
 _MODELS: dict[str, tuple[Any, Any, str]] = {}  # path -> (model, processor, fingerprint)
-_TABLES: dict[str, MaskedTeacher] = {}  # teacher fingerprint -> masked teacher
+_TEACHER = pipeline.StageTeacher()  # one masked teacher at a time, ratios increasing
 _EVALS: dict[tuple[str, str], dict] = {}
 
 
 def load_split(cfg: MastersConfig, split: str):
-    key = (cfg.data.model_dump_json(), split)
-    if key not in _SPLITS:
-        _SPLITS[key] = data.load_split(cfg.data, split)
-    return _SPLITS[key]
+    return pipeline.load_split(cfg.data, split)
 
 
 def _frozen(path: str):
-    """A model that is never trained (teachers, the generating initial student), kept loaded."""
+    """A model that is never trained or masked (the generating initial student, an evaluated
+    teacher), kept loaded."""
     if path not in _MODELS:
         model, processor = models.load(path)
         _MODELS[path] = (model, processor, models.fingerprint(model))
     return _MODELS[path]
-
-
-ALL_RATIOS = tuple(round(0.05 * i, 2) for i in range(19))  # 0 .. 0.9
-
-
-def _masked_teacher(cfg: MastersConfig, teacher) -> tuple[MaskedTeacher, Any, str]:
-    """One threshold table per teacher covering every ratio a row may ask for."""
-    model, processor, fp = _frozen(teacher.path)
-    ratios = tuple(sorted(set(ALL_RATIOS) | set(teacher.ratios())))
-    masked = _TABLES.get(fp)
-    if masked is None or not set(teacher.ratios()) <= set(masked.table.ratios):
-        if masked is not None:
-            masked.restore()
-        scope = MaskScope(cfg.masking.include_embeddings, cfg.masking.include_lm_head)
-        masked = _TABLES[fp] = MaskedTeacher(model, compute_thresholds(model, ratios, scope))
-    return masked, processor, fp
 
 
 def stage_groups(cfg: MastersConfig, store, stats: dict) -> tuple[list, dict[int, list]]:
@@ -70,43 +49,26 @@ def stage_groups(cfg: MastersConfig, store, stats: dict) -> tuple[list, dict[int
     index = {q: i for i, q in enumerate(ids)}
     s_model, s_proc, s_fp = _frozen(cfg.student.path)
     student = LoadedModel(s_model, s_proc)
-
-    def rows_of(shard):
-        part = split[shard.start : shard.stop]
-        return [{"id": i, "question": q, "image": np.asarray(im.convert("RGB"))}
-                for i, q, im in zip(part["id"], part["question"], part["image"], strict=True)]
-
     by_stage: dict[int, list] = {}
-    for stage in stages:
-        (t,) = [t for t in cfg.teachers if t.name == stage.teacher]
-        masked, t_proc, t_fp = _masked_teacher(cfg, t)
-        planned = generation.plan_stage(store, stage, ids, rows_of, cfg.generation,
-                                        teacher_fingerprint=t_fp, student_fingerprint=s_fp,
+    for stage in generation_order(stages):
+        # The fingerprint keys the shards, so the teacher is loaded even for a cached stage.
+        teacher, t_fp = _TEACHER.get(cfg, stage)
+        planned = generation.plan_stage(store, stage, ids, lambda s: pipeline.shard_rows(split, s),
+                                        cfg.generation, teacher_fingerprint=t_fp,
+                                        student_fingerprint=s_fp,
                                         vocab=len(s_proc.tokenizer.get_vocab()))
         missing = [p for p in planned if not p["cached"]]
         if missing:
             t0 = time.perf_counter()
-            masked.set_ratio(stage.ratio)
             for p in missing:
-                generation.write_shard(store, p, stage, LoadedModel(masked.model, t_proc),
-                                       student, rows_of(generation.shard_from_dict(p)),
+                generation.write_shard(store, p, stage, teacher, student,
+                                       pipeline.shard_rows(split, generation.shard_from_dict(p)),
                                        cfg.generation)
             stats["generation_s"] = stats.get("generation_s", 0.0) + time.perf_counter() - t0
             stats["shards_generated"] = stats.get("shards_generated", 0) + len(missing)
-        groups: OrderedDict[str, training.Group] = OrderedDict()
-        labels, digest = scoring.stage_labels(split, {q for p in planned
-                                                      for q in p["question_ids"]})
-        for p in planned:
-            records = cache.get_jsonl(store, p["key"])
-            dists = distributions.from_bytes(store.get_bytes(p["dists_key"]))
-            key = scoring.score_key(p["key"], cfg.rewards, digest)
-            scored = cache.get_jsonl(store, key) if store.exists(key) else None
-            if scored is None:
-                scored = scoring.score_records(records, labels, cfg.rewards)
-                cache.put_jsonl(store, key, scored)
-            for r, s, d in zip(records, scored, dists, strict=True):
-                training.add_answer(groups, split, index, r, s["accuracy"], d)
-        by_stage[stage.index] = list(groups.values())
+        scored = pipeline.score_shards(store, planned, split, cfg.rewards)
+        by_stage[stage.index] = pipeline.stage_groups(
+            store, planned, [s["score_key"] for s in scored["scores"]], split, index)
     return stages, by_stage
 
 
@@ -119,14 +81,8 @@ def label_groups(cfg: MastersConfig, processor) -> tuple[list, dict[int, list]]:
     """The supervised baseline's data: each stage's slice with the dataset answer."""
     split = load_split(cfg, "train")
     stages = build_schedule(cfg.teachers, len(split))
-    by_stage = {}
-    for st in stages:
-        part = split[st.start : st.stop]
-        by_stage[st.index] = [
-            training.label_group(processor.tokenizer, str(i), np.asarray(im.convert("RGB")), q, a)
-            for i, im, q, a in zip(part["id"], part["image"], part["question"], part["answer"],
-                                   strict=True)]
-    return stages, by_stage
+    return stages, {st.index: pipeline.label_groups(split, st, processor.tokenizer)
+                    for st in stages}
 
 
 def evaluate(cfg: MastersConfig, model, processor, split: str = "test") -> dict:
@@ -144,10 +100,7 @@ def evaluate_path(cfg: MastersConfig, path: str, split: str = "test") -> dict:
     """Accuracy of an untrained model (a teacher, the initial student), once per data."""
     key = (path, cfg.data.model_dump_json() + split)
     if key not in _EVALS:
-        model, processor, _ = _frozen(path)
-        for m in _TABLES.values():  # evaluate teachers unmasked
-            if m.model is model and m.ratio:
-                m.restore()
+        model, processor, _ = _frozen(path)  # never the masked teacher: its own load
         _EVALS[key] = evaluate(cfg, model, processor, split)
     return _EVALS[key]
 

@@ -4,7 +4,7 @@
     masters evaluate   [--suite NAME] [--model-version N]  evaluate student (or a version), teachers
     masters bootstrap  [--only NAME ...]                   train the embedded models
     masters distill    [--config FILE] [--set ...]         prune, generate, score, train, eval
-    masters prune      [--config FILE] [--set ...]         threshold tables of the teachers
+    masters prune      [--config FILE] [--set ...]         fingerprint and mask the teachers
     masters mask-sweep [--teacher NAME]                    teacher accuracy vs mask ratio
     masters generate   [--config FILE] [--set ...]         sample and cache every stage's answers
     masters promote    --version N [--gated] | --rollback  move the registry's champion alias
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     d = with_config(sub.add_parser("distill", help="the whole pipeline: prune, generate, "
                                    "score, train, evaluate"))
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    with_config(sub.add_parser("prune", help="threshold tables of every teacher (no sweep)"))
+    with_config(sub.add_parser("prune", help="fingerprint and mask every teacher (no sweep)"))
     s = with_config(sub.add_parser("mask-sweep", help="teacher accuracy at each mask ratio"))
     s.add_argument("--teacher", action="append", help="teacher to sweep (default: the last)")
     g = with_config(sub.add_parser("generate", help="sample and cache every stage's answers"))
@@ -138,8 +138,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         if args.command == "mask-sweep":
             sweep = args.teacher or [cfg.teachers[-1].name]
         out = prune_flow(cfg.public_dict(), sweep)
-        for m in out["tables"]:
-            print(f"threshold table of {m['teacher']}: {m['table_uri']}")
+        for m in out["teachers"]:
+            print(f"teacher {m['teacher']}: weights {m['fingerprint']}, {m['tensors']} tensors "
+                  f"masked at ratios {m['ratios']}")
         for s in out["sweeps"]:
             print(f"accuracy of teacher {s['teacher']} by mask ratio:\n{s['table']}")
         return 0

@@ -62,14 +62,14 @@ def distill_flow(params: DistillParams = DistillParams(), config: dict | None = 
         tracker.log_params(parent, public)
         # 0. Storage, checkpoints and data checked before any work (docs/reliability.md).
         check_inputs(public)
-        tables, manifests, scores = [], [], []
+        teachers, manifests, scores = [], [], []
         if cfg.training.objective == "masters":  # the supervised baseline needs none of 1-3
-            # 1. Masked teachers: tables and fingerprints.
-            tables = [prune_teacher(public, t.name, parent) for t in cfg.teachers]
+            # 1. Masked teachers: fingerprints and mask reports.
+            teachers = [prune_teacher(public, t.name, parent) for t in cfg.teachers]
             student_fp = fingerprint_model(cfg.student.path, cfg.student.trust_remote_code,
                                            models.dtype_name(cfg))
             # 2. Answers for every stage.
-            manifests = generate_flow(public, tables=tables, student_fingerprint=student_fp,
+            manifests = generate_flow(public, teachers=teachers, student_fingerprint=student_fp,
                                       progress=progress)
             # 3. Accuracy rewards.
             scores = [score_stage(public, m, parent) for m in manifests]
@@ -77,7 +77,7 @@ def distill_flow(params: DistillParams = DistillParams(), config: dict | None = 
             tracker.log_figure(parent, fig, "plots/accuracy_by_stage.png")
             plots.close(fig)
         # 4. One training run over all stages.
-        trained = train_student(public, manifests, scores, tables, parent, progress=progress)
+        trained = train_student(public, manifests, scores, teachers, parent, progress=progress)
         # 5. Held-out accuracy: distilled vs initial student vs teachers.
         # The distilled student's folder holds its processor as configured (saved with it).
         targets = [("distilled", trained["student_path"], cfg.student.trust_remote_code, None),
@@ -95,14 +95,14 @@ def distill_flow(params: DistillParams = DistillParams(), config: dict | None = 
         # 6. A new registry version; challenger always, champion only through the gate.
         registered = None
         if cfg.promotion.register:
-            registered = register_and_promote(public, trained, results, manifests, tables,
+            registered = register_and_promote(public, trained, results, manifests, teachers,
                                               parent)
         report = report_markdown(cfg, results, registered, parent, tracker)
         tracker.log_text(parent, report, "report.md")
         create_markdown_artifact(key="distill-report", markdown=report,
                                  description=f"masters-distill {cfg.run_name}")
     return {"table": table, "results": results, "trained": trained, "manifests": manifests,
-            "scores": scores, "tables": tables, "mlflow_run_id": parent,
+            "scores": scores, "teachers": teachers, "mlflow_run_id": parent,
             "registered": registered, "report": report}
 
 

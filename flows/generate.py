@@ -8,15 +8,16 @@ and any later run read answers instead of sampling them again.
 
 The flow reads top to bottom like the pipeline:
 
-1. Mask the teachers: the prune tasks give each teacher's threshold table (a cache key) and
-   weight fingerprint. A parent flow that already pruned passes them in (`tables`).
+1. Mask the teachers: the prune tasks give each teacher's weight fingerprint. A parent flow
+   that already pruned passes their manifests in (`teachers`).
 2. Fingerprint the student: the hash of its weights goes into every shard key.
 3. Cut the training split into stages (`masters.schedule`) and each stage into shards.
 4. Plan: compute every shard's content key and check the cache with a checksummed read. This
    loads no model, so a fully cached run costs only the reads.
 5. Generate the missing shards, stage by stage: one task per shard, submitted together, so a
    process-based task runner (Dask, Ray) can spread them over workers. Models stay loaded
-   between the shards of a worker, and stages go in order so each teacher is loaded once.
+   between the shards of a worker; each teacher's stages go with ratios increasing, so it
+   is loaded once and its mask only grows (`schedule.generation_order`).
 6. Write one manifest per stage (its shards' keys and URIs, content-addressed): what
    training reads. Counts go to MLflow.
 
@@ -33,7 +34,7 @@ from prefect.futures import as_completed
 
 from masters import models
 from masters.config import from_public
-from masters.schedule import build_schedule
+from masters.schedule import build_schedule, generation_order
 from masters.tracking import Tracker
 from tasks.check import check_inputs
 from tasks.common import Progress, flow_run_tags
@@ -51,7 +52,7 @@ from tasks.prune import prune_teacher
 @flow(name="masters-generate", log_prints=True)
 def generate_flow(
     config: dict | None = None,
-    tables: list[dict] | None = None,
+    teachers: list[dict] | None = None,
     student_fingerprint: str | None = None,
     progress: bool = False,
 ) -> list[dict]:
@@ -66,14 +67,14 @@ def generate_flow(
         tracker.log_params(parent, {"generation": public["generation"],
                                     "teachers": public["teachers"], "student": public["student"]})
 
-        # 1-2. Masked teachers and the student, as cache keys and fingerprints only.
-        if tables is None:  # run on its own (`masters generate`), not as distill's subflow
+        # 1-2. Masked teachers and the student, as fingerprints only.
+        if teachers is None:  # run on its own (`masters generate`), not as distill's subflow
             check_inputs(public)  # storage, checkpoints, data: before any work
-            tables = [prune_teacher(public, t.name, parent) for t in cfg.teachers]
-        by_teacher = {m["teacher"]: m for m in tables}
+            teachers = [prune_teacher(public, t.name, parent) for t in cfg.teachers]
+        by_teacher = {m["teacher"]: m for m in teachers}
         lacking = [t.name for t in cfg.teachers if t.name not in by_teacher]
         if lacking:
-            raise ValueError(f"tables lack teacher(s) {lacking}; given: {sorted(by_teacher)}")
+            raise ValueError(f"teacher manifests lack {lacking}; given: {sorted(by_teacher)}")
         student_fp = student_fingerprint or fingerprint_model(
             cfg.student.path, cfg.student.trust_remote_code, models.dtype_name(cfg))
 
@@ -87,14 +88,16 @@ def generate_flow(
         logger.info("%d stages, %d shards: %d cached, %d to generate", len(stages), total,
                     cached, total - cached)
 
-        # 5. The missing shards, one stage at a time (one teacher resident at a time).
+        # 5. The missing shards, one stage at a time (one teacher resident at a time, its
+        # ratios increasing).
         bar = Progress(total, key="generation-progress", desc="generate", unit="shard",
                        what="shards generated or found in the cache", done=cached, show=progress)
         try:
-            for plan in plans:
-                table = by_teacher[plan["stage"]["teacher"]]
-                futures = [generate_shard.submit(public, plan["stage"], shard, table["key"],
-                                                 table["fingerprint"], student_fp)
+            by_index = {p["stage"]["index"]: p for p in plans}
+            for stage in generation_order(stages):
+                plan = by_index[stage.index]
+                futures = [generate_shard.submit(public, plan["stage"], shard,
+                                                 plan["teacher_fingerprint"], student_fp)
                            for shard in plan["shards"] if not shard["cached"]]
                 failures = []
                 for future in as_completed(futures):

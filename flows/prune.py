@@ -3,12 +3,11 @@
 Masters distils from *masked* teachers: each weight tensor loses its smallest-magnitude
 entries (ratio r), and the teacher is restored step by step, r_max -> 0, during training.
 
-The paper writes one checkpoint per ratio. At 38B parameters that is hundreds of GB, so this
-flow writes one small table per teacher instead: for every weight tensor and every ratio of
-the teacher's staircase, how many entries are zeroed and at what magnitude, computed with one
-sort per tensor. The table is content-addressed by the teacher's weight fingerprint and
-stored in the cache (local folder or S3); training applies it in place when it materialises
-the teacher, and refuses to apply it to any other weights.
+The paper writes one checkpoint per ratio. At 38B parameters that is hundreds of GB; here no
+masked checkpoint is written at all. This flow fingerprints each teacher (the hash of its
+weights names every answer generated from it) and masks it once through its ratios, in
+increasing order, on its own device, logging per tensor and ratio what is zeroed and at which
+magnitude. Generation masks the teacher the same way where it samples.
 
 Then, as a sanity check, the accuracy of a teacher at ratios 0, 0.05, ..., 0.5 (the
 teacher-alone version of the paper's Table 5(a)) is plotted to MLflow.
@@ -26,7 +25,8 @@ from tasks.prune import prune_teacher, sweep_teacher
 
 @flow(name="masters-prune", log_prints=True)
 def prune_flow(config: dict | None = None, sweep: list[str] | None = None) -> dict:
-    """Threshold tables for every teacher; accuracy-vs-ratio sweeps for the `sweep` teachers."""
+    """Every teacher fingerprinted and its mask reported; accuracy-vs-ratio sweeps for the
+    `sweep` teachers."""
     cfg = from_public(config)
     names = [t.name for t in cfg.teachers]
     unknown = sorted(set(sweep or []) - set(names))
@@ -43,4 +43,4 @@ def prune_flow(config: dict | None = None, sweep: list[str] | None = None) -> di
         for s in sweeps:
             get_run_logger().info("accuracy of teacher %s by mask ratio:\n%s", s["teacher"],
                                   s["table"])
-    return {"tables": manifests, "sweeps": sweeps, "mlflow_run_id": parent}
+    return {"teachers": manifests, "sweeps": sweeps, "mlflow_run_id": parent}

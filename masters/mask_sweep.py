@@ -9,25 +9,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from masters import evaluation
-from masters.masking import MaskedTeacher, ThresholdTable
+from masters.masking import MaskedTeacher, MaskScope
 
 
 def accuracy_vs_ratio(
-    model, processor, table: ThresholdTable, ratios: Sequence[float], eval_data, **eval_kwargs
+    model, processor, scope: MaskScope, ratios: Sequence[float], eval_data, **eval_kwargs
 ) -> list[dict]:
-    """Evaluate `model` at every ratio (ascending, in place) and restore it afterwards.
+    """Evaluate `model` at every ratio, ascending: it is masked in place and left masked at
+    the largest (reload it for its original weights).
 
     `eval_data` is (images, questions, answers, task_types) as for `evaluate_arrays`.
     """
-    teacher = MaskedTeacher(model, table)
+    teacher = MaskedTeacher(model, scope)
     rows = []
-    try:
-        for ratio in sorted(ratios):
-            teacher.set_ratio(ratio)
-            res = evaluation.evaluate_arrays(model, processor, *eval_data, **eval_kwargs)
-            rows.append({"ratio": ratio, "accuracy": res.accuracy, "per_task": res.per_task})
-    finally:
-        teacher.restore()
+    for ratio in sorted(ratios):
+        teacher.set_ratio(ratio)
+        res = evaluation.evaluate_arrays(model, processor, *eval_data, **eval_kwargs)
+        rows.append({"ratio": ratio, "accuracy": res.accuracy, "per_task": res.per_task})
     return rows
 
 

@@ -6,15 +6,9 @@ One path for every checkpoint, embedded or real: `AutoModelForImageTextToText` +
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
-import os
-import threading
-import time
-import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -145,27 +139,14 @@ def load(
     """(model, processor) from a local `save_pretrained` folder or a hub id (when online).
 
     `processor_kwargs` go to `AutoProcessor.from_pretrained` (a model config's `processor`).
-
-    A model loaded from a local folder remembers where it came from (`CheckpointOrigin`), so
-    `fingerprint` and masking can skip work while its weights are untouched (see below).
     """
     from transformers import AutoModelForImageTextToText
 
     path = check(path, trust_remote_code=trust_remote_code)
-    local = Path(path)
-    before = _stat_files(local) if local.is_dir() else None
-    started_ns = time.time_ns()
-    model, info = AutoModelForImageTextToText.from_pretrained(
-        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-        output_loading_info=True,
-    )
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     processor = load_processor(path, trust_remote_code, processor_kwargs)
-    model.to(device).eval()
-    # Weights the files lack are initialised at random, differently at every load: such a
-    # model is not a function of its files, so it gets no origin (and no cached fingerprint).
-    if before is not None and not (info.get("missing_keys") or info.get("mismatched_keys")):
-        _remember_origin(model, local, before, started_ns, dtype, trust_remote_code)
-    return model, processor
+    return model.to(device).eval(), processor
 
 
 def load_processor(path: str, trust_remote_code: bool = False,
@@ -191,149 +172,6 @@ def load_ref(ref, **placement):
                 processor_kwargs=ref.processor, **placement)
 
 
-# Checkpoint provenance and the fingerprint cache.
-#
-# Hashing every weight (`fingerprint`) costs about 1 s per GB, more than loading them: from a
-# warm page cache transformers maps safetensors files zero-copy. Like git's index, the digest
-# of a checkpoint folder is stored beside the project state (`.masters/fingerprints/`, or
-# $MASTERS_FINGERPRINT_CACHE; "off" disables it) under the folder's path, the load dtype and
-# the library versions, together with the stat (size, mtime_ns, ctime_ns, inode, device) of
-# every file in the folder. A later `load` of the same, unchanged files reuses the digest
-# instead of hashing. It is used only when both hold:
-#   * no file of the folder changed since the load: same stat, checked at every use. Files
-#     modified less than RACY_NS before a load are not trusted (git's "racily clean" rule: a
-#     rewrite within the same timestamp tick would keep the stat), so a checkpoint written
-#     moments ago is hashed every time until it is RACY_NS old;
-#   * the model's tensors are untouched since `load`: same storage and autograd version
-#     counter for every state_dict entry. Every in-place torch op bumps the counter (optimizer
-#     steps, `copy_`, `load_state_dict`, masking); writes that bypass it (`.data.add_()`,
-#     writes through numpy or DLPack views) are not seen: after those, call
-#     `fingerprint(model, cached=False)`.
-# The trade-off is git's: a file rewritten behind the filesystem's back (content changed with
-# size, mtime and ctime all kept) would keep its old digest. The first fingerprint of a
-# checkpoint (normally the prune step's) pays the hash and stores it.
-
-FINGERPRINT_CACHE_ENV = "MASTERS_FINGERPRINT_CACHE"
-DEFAULT_FINGERPRINT_CACHE = ".masters/fingerprints"
-RACY_NS = 2_000_000_000
-
-FileStats = tuple[tuple[str, int, int, int, int, int], ...]
-
-
-def _stat_files(folder: Path) -> FileStats | None:
-    """Stat of every file in the folder (following links, as hub snapshots use them)."""
-    try:
-        out = []
-        for p in sorted(folder.iterdir()):
-            if p.is_file():
-                st = p.stat()
-                out.append((p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                            st.st_dev))
-        return tuple(out)
-    except OSError:
-        return None
-
-
-def _tensor_state(model) -> tuple | None:
-    """(name, storage, version, layout) of every state tensor: changes with any tracked write."""
-    out = []
-    for name, t in model.state_dict().items():
-        try:
-            version = t._version
-        except RuntimeError:  # an inference tensor has no version counter: untrackable
-            return None
-        out.append((name, t.data_ptr(), version, tuple(t.shape), tuple(t.stride()),
-                    t.storage_offset(), str(t.dtype), str(t.device)))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class CheckpointOrigin:
-    """The folder a model was loaded from, as it was then, and the model's state right after."""
-
-    path: Path
-    key: str  # fingerprint-cache key: folder, dtype, remote code, library versions
-    files: FileStats
-    state: tuple
-
-    def unchanged(self) -> bool:
-        """No file of the folder changed since the load (by stat)."""
-        return _stat_files(self.path) == self.files
-
-
-_ORIGINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _remember_origin(model, folder: Path, before: FileStats | None, started_ns: int,
-                     dtype: torch.dtype, trust_remote_code: bool) -> None:
-    import transformers
-
-    after = _stat_files(folder)
-    if before is None or after != before:  # changed while loading: nothing to trust
-        return
-    if any(max(f[2], f[3]) >= started_ns - RACY_NS for f in after):  # racily clean
-        return
-    state = _tensor_state(model)
-    if state is None:
-        return
-    key = json.dumps([str(folder.resolve()), str(dtype), bool(trust_remote_code),
-                      torch.__version__, transformers.__version__])
-    _ORIGINS[model] = CheckpointOrigin(folder.resolve(), key, after, state)
-
-
-def origin(model) -> CheckpointOrigin | None:
-    """Where the model was loaded from, if its tensors and that folder are both unchanged."""
-    try:
-        o = _ORIGINS.get(model)
-    except TypeError:  # not weak-referenceable (a bare state_dict holder): never loaded here
-        return None
-    if o is None or _tensor_state(model) != o.state or not o.unchanged():
-        return None
-    return o
-
-
-def fingerprint_cache_dir() -> Path | None:
-    value = os.environ.get(FINGERPRINT_CACHE_ENV, DEFAULT_FINGERPRINT_CACHE)
-    if value.strip().lower() in ("", "0", "off", "false", "no"):
-        return None
-    return Path(value)
-
-
-def _cache_file(o: CheckpointOrigin) -> Path | None:
-    folder = fingerprint_cache_dir()
-    if folder is None:
-        return None
-    return folder / (hashlib.sha256(o.key.encode()).hexdigest()[:32] + ".json")
-
-
-def _cached_entry(o: CheckpointOrigin) -> dict | None:
-    path = _cache_file(o)
-    if path is None:
-        return None
-    try:
-        entry = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(entry, dict) or entry.get("key") != o.key:
-        return None
-    if [tuple(f) for f in entry.get("files", [])] != list(o.files):
-        return None
-    return entry
-
-
-def _store_entry(o: CheckpointOrigin, entry: dict) -> None:
-    path = _cache_file(o)
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, path)  # atomic: concurrent writers of one entry write the same content
-    except OSError:
-        pass  # a cache that cannot be written costs time, never correctness
-
-
 def _hash_state(state_dict) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(state_dict.items()):
@@ -344,57 +182,10 @@ def _hash_state(state_dict) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(model, *, cached: bool = True) -> str:
-    """Content hash of the weights (names, shapes, dtypes, bytes): names a checkpoint.
-
-    For a model `load`ed from an unchanged folder and untouched since, the digest comes from
-    the fingerprint cache (computed and stored on first use); `cached=False` always hashes.
-    """
-    o = origin(model) if cached else None
-    entry = _cached_entry(o) if o is not None else None
-    if entry is not None:
-        return entry["digest"]
-    state_dict = model.state_dict()
-    digest = _hash_state(state_dict)
-    if o is not None and _cache_file(o) is not None:
-        _store_entry(o, {"key": o.key, "files": [list(f) for f in o.files], "digest": digest})
-    return digest
-
-
-def file_mapped(model, o: CheckpointOrigin) -> set[str]:
-    """State names whose bytes lie in a private memory map of one of the origin's files.
-
-    transformers loads safetensors weights zero-copy when dtype and device allow: the tensors
-    are copy-on-write maps of the file, sharing the page cache and costing no private memory
-    until written. Read from /proc/self/maps (Linux); elsewhere the answer is empty.
-    """
-    try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return set()
-    files = {(f[5], f[4]) for f in o.files if f[0].endswith(".safetensors")}
-    inodes = {f" {ino} " for _, ino in files}
-    regions = []
-    for line in lines:
-        # start-end perms offset major:minor inode path; (device, inode): immune to links
-        if not any(ino in line for ino in inodes):
-            continue
-        parts = line.split(maxsplit=5)
-        if len(parts) < 6 or parts[1][3:4] != "p":
-            continue
-        major, minor = (int(x, 16) for x in parts[3].split(":"))
-        if (os.makedev(major, minor), int(parts[4])) in files:
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            regions.append((lo, hi))
-    regions.sort()
-    starts = [lo for lo, _ in regions]
-    out = set()
-    for name, t in model.state_dict().items():
-        lo = t.data_ptr()
-        at = bisect.bisect_right(starts, lo) - 1
-        if t.numel() and at >= 0 and lo + t.numel() * t.element_size() <= regions[at][1]:
-            out.add(name)
-    return out
+def fingerprint(model) -> str:
+    """Content hash of the weights (names, shapes, dtypes, bytes): names a checkpoint as held
+    in its load dtype. Hashes every byte (about 1 s per GB): call it once per load."""
+    return _hash_state(model.state_dict())
 
 
 def tokenize_left_padded(tok, texts: Sequence[str]):

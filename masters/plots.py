@@ -27,14 +27,17 @@ def accuracy_vs_ratio(rows: Sequence[dict], title: str):
     return fig
 
 
-def thresholds_by_tensor(table, title: str):
-    """Per-tensor magnitude threshold lambda_r for each ratio: why the threshold is per layer."""
-    names = list(table.tensors)
+def thresholds_by_tensor(by_ratio: dict, title: str):
+    """Per-tensor magnitude threshold lambda_r for each ratio: why the threshold is per layer.
+
+    `by_ratio`: ratio -> {tensor name -> masking.TensorMask}, as `MaskedTeacher.set_ratio`
+    returns them."""
+    names = list(next(iter(by_ratio.values())))
     fig, ax = plt.subplots(figsize=(max(7, len(names) * 0.12), 4.5))
-    for i, ratio in enumerate(table.ratios):
+    for ratio, stats in by_ratio.items():
         if ratio == 0:
             continue
-        ys = [table.tensors[n].thresholds[i] or 0.0 for n in names]
+        ys = [stats[n].threshold or 0.0 for n in names]
         ax.plot(range(len(names)), ys, marker=".", lw=1, label=f"r={ratio:g}")
     ax.set_yscale("log")
     ax.set(xlabel="weight tensor (model order)", ylabel="|w| threshold", title=title)

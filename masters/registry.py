@@ -77,14 +77,14 @@ def split_fingerprint(dataset) -> str:
 
 def lineage_tags(public_cfg: Mapping[str, Any], *, schedule: list[dict],
                  split_fingerprints: Mapping[str, str], manifests: list[dict],
-                 tables: list[dict], extra: Mapping[str, Any] | None = None
+                 teachers: list[dict], extra: Mapping[str, Any] | None = None
                  ) -> dict[str, str]:
     """Version tags that say where a student came from.
 
     Built from `MastersConfig.public_dict()` only, so no secret can reach a tag.
     """
+    fps = {t["teacher"]: t.get("fingerprint") for t in teachers}
     teachers = public_cfg["teachers"]
-    fps = {t["teacher"]: t.get("fingerprint") for t in tables}
     tags: dict[str, Any] = {
         "masters.student.base": public_cfg["student"]["path"],
         "masters.student.base_fingerprint": next(
@@ -96,7 +96,6 @@ def lineage_tags(public_cfg: Mapping[str, Any], *, schedule: list[dict],
         "masters.rewards": public_cfg["rewards"],
         "masters.training": public_cfg["training"],
         "masters.cache.manifests": [m.get("manifest_uri") for m in manifests],
-        "masters.cache.tables": [t.get("table_uri") for t in tables],
     }
     for t in teachers:
         prefix = f"masters.teacher.{t['name']}"

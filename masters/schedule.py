@@ -46,3 +46,15 @@ def build_schedule(teachers: Sequence[TeacherConfig], n_items: int) -> list[Stag
         stages.append(Stage(i, teacher.name, teacher.path, ratio, start, stop))
         start = stop
     return stages
+
+
+def generation_order(stages: Sequence[Stage]) -> list[Stage]:
+    """The stages as generation visits them: teacher by teacher, ratios increasing.
+
+    A stage's answers do not depend on when it is generated, and masks only grow
+    (`masters.masking`), so each teacher is loaded once and never restored.
+    """
+    first = {}
+    for s in stages:
+        first.setdefault(s.teacher, s.index)
+    return sorted(stages, key=lambda s: (first[s.teacher], s.ratio))

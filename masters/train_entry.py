@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 -m masters.train_entry --synthetic --out /tmp/run
 
 `--spec` reruns the pipeline's training job from the `train_inputs.json` artifact that the
-train task logs to MLflow (config, stage manifests, scores, mask tables); it resumes the same
+train task logs to MLflow (config, stage manifests, scores, teachers); it resumes the same
 checkpoints, since the run is named by its inputs. `--synthetic` trains smoke models built
 from fixed seeds on in-process synthetic groups and writes the logged per-step metrics
 (`losses.json`) and final weights (`student.pt`): the multi-process equivalence test runs it.
@@ -24,8 +24,8 @@ import torch
 from masters import distributed, distributions, embedded, synthetic, training
 from masters.config import TeacherConfig, TrainingConfig
 from masters.generation import LoadedModel
-from masters.masking import MaskedTeacher, compute_thresholds
-from masters.schedule import build_schedule
+from masters.masking import MaskedTeacher
+from masters.schedule import build_schedule, generation_order
 
 
 def synthetic_groups(processor, n: int = 6, g: int = 4, seed: int = 0,
@@ -62,13 +62,13 @@ def run_synthetic(out: Path, cfg: TrainingConfig, n_groups: int, answers: int,
     student, teacher = student.to(device, dtype), teacher.to(device, dtype).eval()
     tcfg = TeacherConfig(name="t", path="unused", r_max=r_max, step=0.05)
     stages = build_schedule([tcfg], n_groups)
-    masked = MaskedTeacher(teacher, compute_thresholds(teacher, tcfg.ratios()))
+    masked = MaskedTeacher(teacher)
     supervised = cfg.objective == "supervised"
     groups = synthetic_groups(processor, n_groups, answers, labels=supervised, ragged=ragged)
 
     if not supervised:  # what the generation step caches: each stage's teacher, once
         reference = LoadedModel(copy.deepcopy(student).eval(), processor)
-        for stage in stages:
+        for stage in generation_order(stages):  # masks only grow
             masked.set_ratio(stage.ratio)
             distributions.attach(LoadedModel(teacher, processor), reference,
                                  groups[stage.start : stage.stop], top_k=0)
@@ -92,11 +92,12 @@ def run_synthetic(out: Path, cfg: TrainingConfig, n_groups: int, answers: int,
 
 def run_spec(path: Path) -> dict:
     from masters.config import from_public
-    from tasks.train import run_training  # the pipeline's job, minus Prefect
+    from masters.train_job import run_training
 
     spec = json.loads(path.read_text())
+    # "tables": the name in train_inputs.json logged before masking stopped writing tables
     return run_training(from_public(spec["config"]), spec["manifests"], spec["scores"],
-                        spec["tables"])
+                        spec.get("teachers", spec.get("tables", [])))
 
 
 def main(argv: list[str] | None = None) -> dict:

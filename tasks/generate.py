@@ -7,51 +7,42 @@ per shard would cost more than generating it. Nothing is loaded before a shard i
 
 from __future__ import annotations
 
-import gc
 import threading
 from typing import Any
 
-import numpy as np
 import torch
 from prefect import get_run_logger, task
 
-from masters import cache, data, generation, models
+from masters import cache, generation, models, pipeline
 from masters.config import DataConfig, MastersConfig, from_public
 from masters.generation import LoadedModel, Shard
-from masters.masking import MaskedTeacher, ThresholdTable
 from masters.schedule import Stage
 from tasks.common import PERSIST, TRANSIENT_RETRIES, retry_transient
 
 
 class Resident:
-    """The train split, the current stage's masked teacher and the student of one process.
+    """The current stage's masked teacher and the student of one process.
 
-    One teacher at a time: the flow runs stages in order, so it is swapped once per teacher
-    and moved along its staircase in place (`MaskedTeacher.set_ratio`). `lock` serialises the
-    shard tasks of a process, which share these models (a teacher holds one ratio at a
-    time); process-based task runners (Dask, Ray) give each worker its own copy.
+    One teacher at a time: the flow runs each teacher's stages with ratios increasing
+    (`schedule.generation_order`), so it is loaded once and its mask only grows in place
+    (`pipeline.StageTeacher`). `lock` serialises the shard tasks of a process, which share
+    these models (a teacher holds one ratio at a time); process-based task runners (Dask,
+    Ray) give each worker its own copy.
     """
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self._teacher = pipeline.StageTeacher()
         self.clear()
 
     def clear(self) -> None:
         with self.lock:
-            self._split: tuple[str, Any] | None = None
-            self._teacher: tuple[tuple, MaskedTeacher, Any] | None = None
             self._student: tuple[tuple, LoadedModel] | None = None
             self._vocab: tuple[tuple, int] | None = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            self._teacher.clear()
 
     def split(self, cfg: DataConfig):
-        ident = cfg.model_dump_json()
-        with self.lock:
-            if self._split is None or self._split[0] != ident:
-                self._split = (ident, data.load_split(cfg, "train"))
-            return self._split[1]
+        return pipeline.load_split(cfg, "train")
 
     def vocab(self, cfg: MastersConfig) -> int:
         """Tokens of the student's tokenizer: the vocabulary distributions are kept over."""
@@ -68,30 +59,11 @@ class Resident:
         return [str(i) for i in self.split(cfg)["id"]]
 
     def rows(self, cfg: DataConfig, shard: Shard) -> list[dict[str, Any]]:
-        part = self.split(cfg)[shard.start : shard.stop]
-        return [{"id": i, "question": q, "image": np.asarray(im.convert("RGB"))}
-                for i, q, im in zip(part["id"], part["question"], part["image"], strict=True)]
+        return pipeline.shard_rows(self.split(cfg), shard)
 
-    def teacher(self, cfg: MastersConfig, stage: Stage, table_key: str,
-                fingerprint: str) -> LoadedModel:
-        (t,) = [t for t in cfg.teachers if t.name == stage.teacher]
-        place = models.inference_placement(cfg)
-        ident = (t.path, t.trust_remote_code, repr(t.processor), str(place), table_key)
+    def teacher(self, cfg: MastersConfig, stage: Stage, fingerprint: str) -> LoadedModel:
         with self.lock:
-            if self._teacher is None or self._teacher[0] != ident:
-                self._teacher = None  # free the previous teacher before loading the next
-                gc.collect()
-                table = ThresholdTable.from_dict(
-                    cache.get_json(cache.open_store(cfg.storage), table_key))
-                if table.fingerprint != fingerprint:
-                    raise ValueError(f"threshold table {table_key} is for weights "
-                                     f"{table.fingerprint}, the shard keys for {fingerprint}")
-                model, processor = models.load_ref(t, **place)
-                # Checks the weights against the table's fingerprint, so against the keys too.
-                self._teacher = (ident, MaskedTeacher(model, table), processor)
-            _, masked, processor = self._teacher
-            masked.set_ratio(stage.ratio)
-            return LoadedModel(masked.model, processor)
+            return self._teacher.get(cfg, stage, fingerprint)[0]
 
     def student(self, cfg: MastersConfig, fingerprint: str) -> LoadedModel:
         place = models.inference_placement(cfg)
@@ -150,8 +122,8 @@ def plan_stage(cfg_json: dict, stage: dict, teacher_fingerprint: str,
 
 @task(name="generate-shard", retries=TRANSIENT_RETRIES, retry_condition_fn=retry_transient,
       log_prints=False, **PERSIST)
-def generate_shard(cfg_json: dict, stage: dict, shard: dict, table_key: str,
-                   teacher_fingerprint: str, student_fingerprint: str) -> dict:
+def generate_shard(cfg_json: dict, stage: dict, shard: dict, teacher_fingerprint: str,
+                   student_fingerprint: str) -> dict:
     """Sample one shard's answers (masked teacher, then student) into the cache, then the
     teacher's distributions and the reference's log-probs on them (what training reads)."""
     cfg = from_public(cfg_json)
@@ -161,7 +133,7 @@ def generate_shard(cfg_json: dict, stage: dict, shard: dict, table_key: str,
         return {"key": shard["key"], "generated": False}  # a concurrent run, or a retry
     with RESIDENT.lock:
         rows = RESIDENT.rows(cfg.data, generation.shard_from_dict(shard))
-        teacher = RESIDENT.teacher(cfg, st, table_key, teacher_fingerprint)
+        teacher = RESIDENT.teacher(cfg, st, teacher_fingerprint)
         reference = RESIDENT.student(cfg, student_fingerprint)  # the initial student
         student = reference if cfg.generation.student_answers else None
         written = generation.write_shard(store, shard, st, teacher, student, rows,

@@ -18,7 +18,7 @@ REGISTRY_TAG = "masters-registry"
 
 @task(name="register-promote", tags=[REGISTRY_TAG], log_prints=False, **PERSIST)
 def register_and_promote(cfg_json: dict, trained: dict, results: list[dict],
-                         manifests: list[dict], tables: list[dict],
+                         manifests: list[dict], teachers: list[dict],
                          parent_run_id: str | None) -> dict:
     """A new model version with lineage tags; `challenger`, and `champion` if the gate passes.
 
@@ -35,7 +35,7 @@ def register_and_promote(cfg_json: dict, trained: dict, results: list[dict],
                 for s in build_schedule(cfg.teachers, len(train_split))]
     run_tags = flow_run_tags()
     lineage = registry.lineage_tags(
-        public, schedule=schedule, manifests=manifests, tables=tables,
+        public, schedule=schedule, manifests=manifests, teachers=teachers,
         split_fingerprints={"train": registry.split_fingerprint(train_split),
                             "test": registry.split_fingerprint(test_split)},
         extra={**run_tags, "masters.train_run_id": trained.get("mlflow_run_id"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from masters import cache, models, plots, scoring
+from masters import cache, models, pipeline, plots, scoring
 from masters.config import from_public
 from masters.judge import hf_text_generator
 from masters.tracking import Tracker
@@ -30,24 +30,13 @@ def score_stage(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> di
     logger = get_run_logger()
     cfg = from_public(cfg_json)
     store = cache.open_store(cfg.storage)
-    qids = {q for s in manifest["shards"] for q in s["question_ids"]}
-    labels, digest = scoring.stage_labels(RESIDENT.split(cfg.data), qids)
     judge_generate, judge_fp = (None, None)
     if cfg.rewards.scorer == "judge":
         judge_generate, judge_fp = _judge(cfg, manifest)
-    out, scored_all, new = [], [], 0
-    for shard in manifest["shards"]:
-        key = scoring.score_key(shard["key"], cfg.rewards, digest, judge_fp)
-        raw = store.get_or_none(key)
-        if raw is None:
-            records = cache.get_jsonl(store, shard["key"])
-            scored = scoring.score_records(records, labels, cfg.rewards, judge_generate)
-            cache.put_jsonl(store, key, scored)
-            new += 1
-        else:
-            scored = cache.get_jsonl(store, key)
-        scored_all += scored
-        out.append({"shard_key": shard["key"], "score_key": key, "uri": store.uri(key)})
+    scored = pipeline.score_shards(store, manifest["shards"], RESIDENT.split(cfg.data),
+                                   cfg.rewards, judge_generate, judge_fp)
+    out, scored_all, new, digest = (scored[k] for k in ("scores", "records", "new",
+                                                        "labels_digest"))
     stats = scoring.summarize(scored_all)
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"score-stage-{manifest['stage']}", parent_run_id=parent_run_id,

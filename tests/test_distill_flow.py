@@ -87,20 +87,17 @@ def test_distill_flow_in_bf16(prefect_api, tmp_path, checkpoints):
     import torch
 
     from masters import models
-    from masters.masking import ThresholdTable
 
     cfg = load_config(ROOT / "configs" / "smoke.yaml",
                       [*smoke_distill_overrides(tmp_path, checkpoints), "dtype=bfloat16",
                        "promotion.register=false"])
     out = distill_flow(config=cfg.public_dict())
     teacher, _ = models.load(checkpoints["teacher"], dtype=torch.bfloat16)
-    (table,) = out["tables"]
-    assert table["fingerprint"] == models.fingerprint(teacher, cached=False)
-    store = cache.open_store(cfg.storage)
-    assert ThresholdTable.from_dict(cache.get_json(store, table["key"])).fingerprint == \
-        table["fingerprint"]
+    (masked,) = out["teachers"]
+    assert masked["fingerprint"] == models.fingerprint(teacher)
+    assert {m["teacher_fingerprint"] for m in out["manifests"]} == {masked["fingerprint"]}
     fp32, _ = models.load(checkpoints["teacher"])
-    assert models.fingerprint(fp32, cached=False) != table["fingerprint"]  # dtype is in it
+    assert models.fingerprint(fp32) != masked["fingerprint"]  # dtype is in it
     from safetensors import safe_open
 
     assert out["trained"]["steps"] == 4
@@ -120,7 +117,7 @@ def test_dtype_auto_is_float32_on_cpu_and_named_values_pass():
 
 
 def test_progress_outside_prefect_counts_without_an_artifact():
-    from tasks.common import Progress
+    from masters.progress import Progress
 
     bar = Progress(8, key="training-progress", desc="train", unit="step", what="steps")
     assert bar.artifact is None  # torchrun ranks run without a Prefect context
@@ -137,7 +134,7 @@ def test_training_needs_no_teacher_once_generated(prefect_api, tmp_path, checkpo
     with the teacher's folder gone, and equals the training of the full flow."""
     import shutil
 
-    from tasks.train import run_training
+    from masters.train_job import run_training
 
     cfg = _cfg(tmp_path, checkpoints)
     out = distill_flow(config=cfg.public_dict())
@@ -146,7 +143,7 @@ def test_training_needs_no_teacher_once_generated(prefect_api, tmp_path, checkpo
     again = load_config(ROOT / "configs" / "smoke.yaml", [
         *smoke_distill_overrides(tmp_path, checkpoints),
         f"training.output_dir={tmp_path / 'train-again'}"])
-    trained = run_training(again, out["manifests"], out["scores"], out["tables"])
+    trained = run_training(again, out["manifests"], out["scores"], out["teachers"])
     second = Path(trained["student_path"])
     assert second != first and trained["steps"] == out["trained"]["steps"]
     assert (second / "model.safetensors").read_bytes() == (

@@ -8,6 +8,7 @@ fully cached with model loading forbidden, and regenerates a corrupted shard.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import uuid
@@ -21,7 +22,7 @@ from pydantic import SecretStr
 from masters import cache, embedded, generation, inputs, models, synthetic
 from masters.config import GenerationConfig, StorageConfig, load_config
 from masters.generation import LoadedModel
-from masters.masking import MaskedTeacher, compute_thresholds
+from masters.masking import MaskedTeacher
 from masters.schedule import Stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,16 +194,14 @@ def test_plan_shards_cuts_the_stage_slice():
 
 def test_student_is_never_masked(pair):
     teacher, student = pair
+    teacher = LoadedModel(copy.deepcopy(teacher.model), teacher.processor)
     original = models.fingerprint(teacher.model)
     student_fp = models.fingerprint(student.model)
-    masked = MaskedTeacher(teacher.model, compute_thresholds(teacher.model, [0.2]))
-    masked.set_ratio(0.2)
+    MaskedTeacher(teacher.model).set_ratio(0.2)
     assert models.fingerprint(teacher.model) != original
     generation.generate_shard(teacher, student, _rows(2), teacher_name="t", ratio=0.2,
                               cfg=SMALL, seed=0)
     assert models.fingerprint(student.model) == student_fp
-    masked.restore()
-    assert models.fingerprint(teacher.model) == original
 
 
 class Killer:
@@ -322,11 +321,12 @@ def test_generate_flow_resumes_caches_and_regenerates(prefect_api, tmp_path, che
         generate_flow(cfg.public_dict())
     assert len(store.list("shards/")) == 1
 
-    # Resume: only the 3 missing shards are sampled; each model is loaded once to generate.
+    # Resume: only the 3 missing shards are sampled; each model is loaded once to generate
+    # (the stage at ratio 0 went first: a teacher's ratios are generated increasing).
     killer.budget, killer.calls, loads[:] = 99, 0, []
     manifests = generate_flow(cfg.public_dict())
     assert [(m["stage"], m["ratio"], len(m["shards"]), m["cached"], m["new"])
-            for m in manifests] == [(0, 0.05, 2, 1, 1), (1, 0.0, 2, 0, 2)]
+            for m in manifests] == [(0, 0.05, 2, 0, 2), (1, 0.0, 2, 1, 1)]
     assert killer.calls == 3
     # prune + generation for the teacher; fingerprint + generation for the student
     assert sorted(loads) == ["student", "student", "teacher", "teacher"]
@@ -342,10 +342,9 @@ def test_generate_flow_resumes_caches_and_regenerates(prefect_api, tmp_path, che
         raise AssertionError("a model was loaded although every shard is cached")
 
     monkeypatch.setattr(models, "load", no_load)
-    tables = [{"teacher": "t", "key": store.list("tables/")[0],
-               "fingerprint": manifests[0]["teacher_fingerprint"]}]
+    teachers = [{"teacher": "t", "fingerprint": manifests[0]["teacher_fingerprint"]}]
     killer.calls = 0
-    again = generate_flow(cfg.public_dict(), tables=tables,
+    again = generate_flow(cfg.public_dict(), teachers=teachers,
                           student_fingerprint=manifests[0]["student_fingerprint"])
     assert killer.calls == 0 and [m["new"] for m in again] == [0, 0]
     assert [m["manifest_key"] for m in again] == [m["manifest_key"] for m in manifests]

@@ -1,4 +1,5 @@
-"""masters-prune: tables in the cache (content-addressed, reused), sparsity and sweep in MLflow."""
+"""masters-prune: fingerprints, per-ratio masks (exactly round(r * n) zeroed) and the sweep in
+MLflow; nothing written to the cache."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import pytest
 from conftest import save_smoke_models
 from mlflow import MlflowClient
 
-import tasks.prune as prune_tasks
 from flows import cli
 from flows.prune import prune_flow
-from masters import cache
+from masters import models
 from masters.config import load_config
-from masters.masking import ThresholdTable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,18 +37,18 @@ def _cfg(tmp_path, teachers, *extra):
     ])
 
 
-def test_prune_flow_stores_tables_and_sweeps(prefect_api, tmp_path, teachers, monkeypatch):
+def test_prune_flow_fingerprints_masks_and_sweeps(prefect_api, tmp_path, teachers):
     cfg = _cfg(tmp_path, teachers)
     out = prune_flow(cfg.public_dict(), sweep=["big"])
-    tables = {m["teacher"]: m for m in out["tables"]}
-    assert set(tables) == {"small", "big"}
-    store = cache.open_store(cfg.storage)
-    for m in tables.values():
-        table = ThresholdTable.from_dict(cache.get_json(store, m["key"]))
-        assert table.fingerprint == m["fingerprint"]
-        assert {0.0, 0.2, 0.5} <= set(table.ratios)  # staircase + sweep ratios
-    assert tables["small"]["key"] != tables["big"]["key"]
-    assert set(tables["big"]["ratios"]) >= {0.0, 0.05, 0.1, 0.15, 0.2}
+    by = {m["teacher"]: m for m in out["teachers"]}
+    assert set(by) == {"small", "big"}
+    for name, m in by.items():
+        loaded, _ = models.load(teachers[name])
+        assert m["fingerprint"] == models.fingerprint(loaded)
+        assert {0.0, 0.2, 0.5} <= set(m["ratios"])  # staircase + sweep ratios
+    assert by["small"]["fingerprint"] != by["big"]["fingerprint"]
+    assert set(by["big"]["ratios"]) >= {0.0, 0.05, 0.1, 0.15, 0.2}
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
     (sweep,) = out["sweeps"]
     assert [r["ratio"] for r in sweep["rows"]] == [0.0, 0.2, 0.5]
@@ -60,49 +59,32 @@ def test_prune_flow_stores_tables_and_sweeps(prefect_api, tmp_path, teachers, mo
     prune_big = by_name["prune-big"].info.run_id
     artifacts = {a.path for a in client.list_artifacts(prune_big)}
     assert {"sparsity_by_tensor.json", "thresholds_by_tensor.png"} <= artifacts
-    rows = json.loads(Path(client.download_artifacts(prune_big, "sparsity_by_tensor.json",
-                                                     str(tmp_path))).read_text())
-    assert "sparsity" in rows["columns"]
+    table = json.loads(Path(client.download_artifacts(prune_big, "sparsity_by_tensor.json",
+                                                      str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
+    for row in rows:  # exactly round(r * n) zeroed (the smoke weights hold no exact zeros)
+        assert row["zeroed"] == round(row["ratio"] * row["numel"]), row
+    overall = client.get_metric_history(prune_big, "sparsity_overall")
+    assert [h.step for h in overall] == sorted(round(r * 100) for r in by["big"]["ratios"])
     history = client.get_metric_history(by_name["mask-sweep-big"].info.run_id, "test/accuracy")
     assert [h.step for h in history] == [0, 20, 50]
     sweep_artifacts = {a.path for a in client.list_artifacts(by_name["mask-sweep-big"].info.run_id)}
     assert "accuracy_vs_ratio.png" in sweep_artifacts
 
-    # Same weights, ratios and scope: the second run finds the tables and computes nothing.
-    def fail(*a, **k):
-        raise AssertionError("threshold table recomputed despite a cache hit")
 
-    monkeypatch.setattr(prune_tasks, "compute_thresholds", fail)
-    again = prune_flow(cfg.public_dict())
-    assert [m["key"] for m in again["tables"]] == [m["key"] for m in out["tables"]]
-
-
-def test_scope_change_gives_a_new_table(prefect_api, tmp_path, teachers):
-    a = prune_flow(_cfg(tmp_path, teachers).public_dict())["tables"]
-    b = prune_flow(_cfg(tmp_path, teachers, "masking.include_lm_head=true").public_dict())["tables"]
-    assert a[0]["key"] != b[0]["key"] and a[0]["fingerprint"] == b[0]["fingerprint"]
+def test_scope_change_masks_more_tensors(prefect_api, tmp_path, teachers):
+    a = prune_flow(_cfg(tmp_path, teachers).public_dict())["teachers"]
+    b = prune_flow(_cfg(tmp_path, teachers, "masking.include_lm_head=true").public_dict())
+    b = b["teachers"]
+    assert a[0]["fingerprint"] == b[0]["fingerprint"]
     assert b[0]["tensors"] == a[0]["tensors"] + 1
-
-
-def test_corrupt_table_is_recomputed(prefect_api, tmp_path, teachers):
-    cfg = _cfg(tmp_path, teachers)
-    first = prune_flow(cfg.public_dict())["tables"][0]
-    path = tmp_path / "cache" / first["key"]
-    blob = bytearray(path.read_bytes())
-    blob[-5] ^= 0xFF
-    path.write_bytes(bytes(blob))
-    second = prune_flow(cfg.public_dict())["tables"][0]
-    assert second["key"] == first["key"]
-    store = cache.open_store(cfg.storage)
-    assert ThresholdTable.from_dict(cache.get_json(store, first["key"])).fingerprint == (
-        first["fingerprint"])
 
 
 def test_unknown_sweep_teacher_fails_before_work(prefect_api, tmp_path, teachers):
     cfg = _cfg(tmp_path, teachers)
     with pytest.raises(ValueError, match="cannot sweep unknown teacher"):
         prune_flow(cfg.public_dict(), sweep=["nope"])
-    assert not (tmp_path / "cache" / "tables").exists()
+    assert not (tmp_path / "mlflow.db").exists()  # no run was started
 
 
 def test_cli_mask_sweep_defaults_to_last_teacher(prefect_api, tmp_path, teachers):

@@ -155,7 +155,7 @@ def test_lineage_tags_without_secrets(tracker, checkpoint, monkeypatch, tmp_path
     lineage = registry.lineage_tags(
         public, schedule=schedule, split_fingerprints={"train": "aaaa", "test": "bbbb"},
         manifests=[{"manifest_uri": "s3://b/manifests/1.json"}],
-        tables=[{"teacher": "mid", "fingerprint": "f00d", "table_uri": "s3://b/t/mid.json"}],
+        teachers=[{"teacher": "mid", "fingerprint": "f00d"}],
         extra={"masters.git_sha": "abc123", "prefect.flow_run_id": "run-1",
                "masters.train_key": "k1", "masters.notes": "x" * 20000})
     run_id = tracker.start_run("register")

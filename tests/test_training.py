@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from masters import distributed, distributions, embedded, losses, models, training
+from masters import distributed, distributions, embedded, losses, training
 from masters.config import TeacherConfig, TrainingConfig, load_config
 from masters.generation import LoadedModel
-from masters.masking import MaskedTeacher, compute_thresholds
-from masters.schedule import build_schedule
+from masters.masking import MaskedTeacher
+from masters.schedule import build_schedule, generation_order
 from masters.train_entry import synthetic_groups as _groups
 
 
@@ -32,26 +32,24 @@ def _run(student, teacher, processor, tmp_path, cfg, stop_after=None):
     the answers, distributions cached on the groups), then training on the student alone."""
     tcfg = TeacherConfig(name="t", path="unused", r_max=0.1, step=0.05)
     stages = build_schedule([tcfg], 6)
-    table = compute_thresholds(teacher, tcfg.ratios())
-    masked = MaskedTeacher(teacher, table)
+    masked = MaskedTeacher(teacher)
     supervised = cfg.objective == "supervised"
     groups = _groups(processor, labels=supervised)
     applied = []
     params = dict(teacher.named_parameters())
     reference = LoadedModel(copy.deepcopy(student).eval(), processor)
-    for stage in [] if supervised else stages:
-        masked.set_ratio(stage.ratio)
+    for stage in [] if supervised else generation_order(stages):
+        stats = masked.set_ratio(stage.ratio)
         zeros = sum(int((p == 0).sum()) for p in teacher.parameters())
         # Zeros actually present in the masked tensors, as generation sees the teacher:
-        # exactly round(ratio * n) per tensor (the table's k), so the fraction is ~ratio.
-        exact = all(int((params[n] == 0).sum()) == max(table.k(n, stage.ratio), t.zeros)
-                    for n, t in table.tensors.items())
-        frac = sum(int((params[n] == 0).sum()) for n in table.tensors) / sum(
-            t.numel for t in table.tensors.values())
+        # exactly round(ratio * n) per tensor, so the fraction is ~ratio.
+        exact = all(int((params[n] == 0).sum()) == stats[n].zeros == round(stage.ratio * m.numel)
+                    for n, m in stats.items())  # random init: no zeros of its own
+        frac = sum(int((params[n] == 0).sum()) for n in masked.tensors) / sum(
+            t.numel() for t in masked.tensors.values())
         applied.append((stage.index, stage.ratio, zeros, (exact, frac)))
         distributions.attach(LoadedModel(teacher, processor), reference,
                              groups[stage.start:stage.stop], top_k=0)
-    masked.restore()
     trained = []
 
     def stage_groups(stage):
@@ -70,12 +68,11 @@ def _run(student, teacher, processor, tmp_path, cfg, stop_after=None):
 def test_stages_run_in_order_with_their_ratios(family, tmp_path):
     student, teacher, processor = family
     cfg = TrainingConfig(lr=1e-3, batch_groups=1, seed=3)
-    original = models.fingerprint(teacher)
     out, applied, logged, _ = _run(student, teacher, processor, tmp_path, cfg)
-    assert [(i, r) for i, r, _, _ in applied] == [(0, 0.1), (1, 0.05), (2, 0.0)]
+    # Generation visits the ratios increasing (masks only grow); training goes r_max -> 0.
+    assert [(i, r) for i, r, _, _ in applied] == [(2, 0.0), (1, 0.05), (0, 0.1)]
     zeros = [z for _, _, z, _ in applied]
-    assert zeros[0] > zeros[1] > zeros[2]  # restored step by step
-    assert models.fingerprint(teacher) == original
+    assert zeros[0] < zeros[1] < zeros[2]
     assert [m["mask_ratio"] for _, m in logged] == [0.1, 0.1, 0.05, 0.05, 0.0, 0.0]
     assert all(np.isfinite(m["loss/loss"]) for _, m in logged)
     assert {"loss/grpo", "loss/kl", "loss/jsd", "reward/accuracy", "reward/distill"} <= set(
@@ -229,12 +226,12 @@ def test_pinned_losses_of_a_tiny_run(family, tmp_path, objective):
     student, teacher, processor = family
     cfg = TrainingConfig(lr=1e-3, batch_groups=2, seed=3, objective=objective)
     out, applied, logged, _ = _run(student, teacher, processor, tmp_path, cfg)
-    # The stage order and the mask ratio each stage's teacher actually carried (the
-    # supervised baseline has no teacher). The masters numbers below were pinned when the
-    # teacher and the reference still ran inside training: the cached full-vocabulary
-    # distributions reproduce that online computation.
+    # The order generation visited the stages in and the mask ratio each stage's teacher
+    # actually carried (the supervised baseline has no teacher). The masters numbers below
+    # were pinned when the teacher and the reference still ran inside training: the cached
+    # full-vocabulary distributions reproduce that online computation.
     assert [(i, r) for i, r, _, _ in applied] == ([] if objective == "supervised" else
-                                                  [(0, 0.1), (1, 0.05), (2, 0.0)])
+                                                  [(2, 0.0), (1, 0.05), (0, 0.1)])
     for _, ratio, _, (exact, frac) in applied:
         assert exact and frac == pytest.approx(ratio, abs=2e-3)
     assert [(s, m["stage"], m["mask_ratio"]) for s, m in logged] == [
@@ -251,7 +248,7 @@ def test_pinned_losses_of_a_tiny_run(family, tmp_path, objective):
 
 
 def test_supervised_job_needs_no_answers_and_loads_no_teacher(tmp_path):
-    from tasks.train import run_training
+    from masters.train_job import run_training
 
     student, processor = embedded.build("smoke", seed=1)
     path = embedded.save(student, processor, tmp_path / "student")

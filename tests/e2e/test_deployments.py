@@ -142,11 +142,11 @@ def test_distill_deployment_end_to_end(stack, tmp_path):
                  "train-student", "evaluate-model", "register-promote"):
         assert step in names, f"no completed {step} task run in {sorted(names)}"
 
-    # S3: the answers, tables and scores are objects in the bucket, under the prefix.
+    # S3: the answers, distributions and scores are objects in the bucket, under the prefix.
     keys = [o["Key"] for o in stack["s3"].list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert keys and all(k.startswith("cache/") for k in keys)
     kinds = {k.split("/")[1] for k in keys}
-    assert {"tables", "shards", "manifests", "scores"} <= kinds, kinds
+    assert {"shards", "dists", "manifests", "scores"} <= kinds, kinds
     assert sum(k.startswith("cache/shards/") for k in keys) >= 2, keys
 
     # MLflow server: the run, its metrics, a registered version with the gate's aliases.

@@ -76,8 +76,7 @@ def reference(_reference_in_background):
     assert child.wait(timeout=600) == 0, child.output()[-4000:]
     cfg = load_config(SMOKE, started["items"])
     snap = snapshot(cache.open_store(cfg.storage))
-    assert {k.split("/")[0] for k in snap} == {"tables", "shards", "dists", "scores",
-                                                   "manifests"}
+    assert {k.split("/")[0] for k in snap} == {"shards", "dists", "scores", "manifests"}
     assert versions(cfg.tracking.tracking_uri) == ["1"]
     student = next(line.split(": ", 1)[1] for line in child.output().splitlines()
                    if line.startswith("distilled student: "))

@@ -154,12 +154,12 @@ def test_s3_errors_outage_and_corruption(prefect_api, moto_s3, rel_models, refer
     assert snapshot(store) == ref
     assert versions(cfg.tracking.tracking_uri) == ["1"]
 
-    # 2. One object of every kind corrupted in the bucket (a table, a shard, its teacher
-    # distributions, its scores, a manifest), then an outage of every write: the run fails
-    # naming the operation, the object and the endpoint, registers nothing new, and serves
-    # no corrupt object (the table it read was dropped, not used).
+    # 2. One object of every kind corrupted in the bucket (a shard, its teacher
+    # distributions, a shard's scores, a manifest), then an outage of every write: the run
+    # fails naming the operation, the object and the endpoint, registers nothing new, and
+    # serves no corrupt object (the shard it read was dropped, not used).
     picked = {kind: next(k for k in ref if k.startswith(kind + "/"))
-              for kind in ("tables", "shards", "scores", "manifests")}
+              for kind in ("shards", "scores", "manifests")}
     shard_dists = {s["key"]: s["dists_key"] for k in ref if k.startswith("manifests/")
                    for s in json.loads(ref[k])["shards"]}
     picked["dists"] = shard_dists[picked["shards"]]  # that shard's: one shard regenerates
@@ -170,14 +170,14 @@ def test_s3_errors_outage_and_corruption(prefect_api, moto_s3, rel_models, refer
     faults.install(monkeypatch)
     state, error, _ = distill(cfg, printed)
     assert state.is_failed()
-    assert "S3 put" in error and f"{uri}/tables/" in error and endpoint in error, error
+    assert "S3 put" in error and f"{uri}/shards/" in error and endpoint in error, error
     assert "SlowDown" in error
     assert versions(cfg.tracking.tracking_uri) == ["1"]
-    assert not store.exists(picked["tables"])
+    assert not store.exists(picked["shards"])
     failed = run_ids(client, cfg.tracking.experiment)
 
-    # 3. The outage over: the re-run recomputes exactly the corrupted objects (one table, one
-    # shard and its distributions, one shard's scores, one manifest), ends with the reference
+    # 3. The outage over: the re-run recomputes exactly the corrupted objects (one shard and
+    # its distributions, one shard's scores, one manifest), ends with the reference
     # bucket, and adds no version.
     faults.outage_ops = set()
     state, error, out = distill(cfg, printed)
