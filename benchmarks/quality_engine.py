@@ -88,11 +88,10 @@ def label_groups(cfg: MastersConfig, processor) -> tuple[list, dict[int, list]]:
 def evaluate(cfg: MastersConfig, model, processor, split: str = "test") -> dict:
     result = evaluation.evaluate_dataset(
         model, processor, load_split(cfg, split), batch_size=cfg.evaluation.batch_size,
-        max_new_tokens=cfg.evaluation.max_new_tokens)
+        max_new_tokens=cfg.evaluation.max_new_tokens, **cfg.eval_scorer())
     return {"accuracy": result.accuracy, "per_task": result.per_task, "n": result.n,
             "params": sum(p.numel() for p in model.parameters()),
-            # answers of more than one word are wrong by exact match whatever their first word
-            "multiword": float(np.mean([len(p.split()) != 1 for p in result.predictions])),
+            "words": float(np.mean([len(p.split()) for p in result.predictions])),
             "predictions": result.predictions}
 
 
@@ -132,7 +131,7 @@ def run_config(cfg: MastersConfig, log=print) -> dict:
     t2 = time.perf_counter()
     result = evaluate(cfg, student, processor)
     stats["eval_s"] = time.perf_counter() - t2
-    log(f"  acc {result['accuracy']:.3f} multiword {result['multiword']:.2f} "
+    log(f"  acc {result['accuracy']:.3f} words {result['words']:.1f} "
         + " ".join(f"{k}={v:.2f}" for k, v in sorted(result["per_task"].items()))
         + f" | steps {stats['steps']} train {stats['train_s']:.0f}s prep "
         f"{stats['prepare_s']:.0f}s")

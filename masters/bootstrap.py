@@ -1,9 +1,9 @@
 """Supervised bootstrap of the embedded models on the synthetic train split.
 
 Real runs start from real checkpoints; the embedded default has to make its own teachers.
-This is plain next-token cross-entropy on the answer tokens, streamed from the synthetic
-generator (sample i of the train split is a pure function of the seed, so a run can resume
-mid-stream), AdamW with linear warm-up and cosine decay.
+This is plain next-token cross-entropy on the tokens of each answer phrase, streamed from the
+synthetic generator (sample i of the train split is a pure function of the seed, so a run can
+resume mid-stream), AdamW with linear warm-up and cosine decay.
 """
 
 from __future__ import annotations
@@ -66,10 +66,11 @@ def eval_arrays(seed: int, split: str, size: int):
 
 
 def label_batch(processor, samples) -> dict:
-    """Teacher-forcing batch on the labels (+ EOS, as generated answers end), with `labels`."""
+    """Teacher-forcing batch on the answer phrases (+ EOS, as generated answers end), with
+    `labels` for the loss."""
     tok = processor.tokenizer
-    answers = [[tok(s.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
-               for s in samples]
+    answers = [[tok(s.response or s.answer, add_special_tokens=False)["input_ids"]
+                + [tok.eos_token_id]] for s in samples]
     enc = inputs.encode_forced(processor, [s.image for s in samples],
                                [s.question for s in samples], answers)
     return {**enc.inputs, "labels": enc.labels()}

@@ -131,11 +131,15 @@ class GenerationConfig(Section):
     seed: int = 0
 
 
-SCORERS = ("exact_match", "numeric", "yes_no", "multiple_choice", "relaxed", "anls", "judge")
+DEFAULT_SCORER = "phrase_match"  # rewards, evaluation and the registry gate alike
+RULE_SCORERS = ("phrase_match", "exact_match", "numeric", "yes_no", "multiple_choice", "relaxed",
+                "anls")
+SCORERS = (*RULE_SCORERS, "judge")
 
 
 class RewardsConfig(Section):
-    scorer: str = "exact_match"
+    scorer: str = Field(DEFAULT_SCORER, description="accuracy reward: a rule-based scorer of "
+                        "masters.rewards or judge; evaluation uses the same rule")
     scorer_kwargs: dict[str, Any] = Field(default_factory=dict,
                                           description="e.g. {tolerance: 0.05} for numeric")
     judge: ModelRef | None = Field(None, description="judge model; default: the stage's "
@@ -169,9 +173,19 @@ class TrainingConfig(Section):
 
 class EvaluationConfig(Section):
     batch_size: int = Field(64, ge=1)
-    max_new_tokens: int = Field(4, ge=1)
+    max_new_tokens: int = Field(16, ge=1)
     suite: str | None = Field(None, description="suite name (configs/suites/<name>.yaml) or "
-                              "YAML path; None: data.<split> scored by exact match")
+                              "YAML path; None: data.<split> scored by `scorer`")
+    scorer: str | None = Field(None, description="None: the accuracy reward's rule "
+                               "(rewards.scorer; phrase_match when that is the judge)")
+
+    @field_validator("scorer")
+    @classmethod
+    def _rule_based(cls, v: str | None) -> str | None:
+        if v is not None and v not in RULE_SCORERS:
+            raise ValueError(f"unknown rule-based scorer {v!r}; choose one of "
+                             f"{', '.join(RULE_SCORERS)}")
+        return v
 
 
 # pydantic warns that a field named `register` shadows `ABCMeta.register`; that one lives on
@@ -314,6 +328,15 @@ class MastersConfig(BaseSettings):
     ):
         yaml_data = _YAML_DATA.get("data", {})
         return (init_settings, env_settings, _YamlSource(settings_cls, yaml_data))
+
+    def eval_scorer(self) -> dict[str, Any]:
+        """`evaluation.evaluate_*` keyword arguments: the rule that decides a correct answer
+        (the accuracy reward's, unless that is the judge or evaluation.scorer is set)."""
+        name = self.evaluation.scorer or self.rewards.scorer
+        if name == "judge":
+            return {"scorer": DEFAULT_SCORER, "scorer_kwargs": {}}
+        same = name == self.rewards.scorer
+        return {"scorer": name, "scorer_kwargs": dict(self.rewards.scorer_kwargs) if same else {}}
 
     def public_dict(self) -> dict[str, Any]:
         """Everything but secrets, JSON-ready: what may be logged or stored as params."""

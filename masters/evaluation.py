@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,11 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from masters import inputs
-
-
-def normalize(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
+from masters import inputs, rewards
+from masters.rewards import DEFAULT_SCORER
 
 
 @dataclass
@@ -40,22 +36,16 @@ def evaluate_arrays(
     task_types: Sequence[str],
     *,
     batch_size: int = 64,
-    max_new_tokens: int = 4,
+    max_new_tokens: int = 12,
     progress: bool = False,
-) -> EvalResult:
-    """Greedy-decode every question and score it by normalised exact match."""
+    scorer: str = DEFAULT_SCORER,
+    scorer_kwargs: dict | None = None,
+) -> ScoredResult:
+    """Greedy-decode every question and score it with `scorer` (the accuracy reward's rule:
+    one definition of a correct answer for rewards, evaluation and the registry gate)."""
     preds = predict_arrays(model, processor, images, questions, batch_size=batch_size,
                            max_new_tokens=max_new_tokens, progress=progress)
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for p, a, t in zip(preds, answers, task_types, strict=True):
-        hits[t].append(normalize(p) == normalize(a))
-    total = [h for v in hits.values() for h in v]
-    return EvalResult(
-        accuracy=float(np.mean(total)) if total else 0.0,
-        per_task={k: float(np.mean(v)) for k, v in hits.items()},
-        n=len(total),
-        predictions=preds,
-    )
+    return score_predictions(preds, answers, task_types, scorer, **(scorer_kwargs or {}))
 
 
 def dataset_images(dataset) -> list[np.ndarray]:
@@ -140,10 +130,8 @@ class ScoredResult(EvalResult):
 
 
 def score_predictions(preds: Sequence[str], answers: Sequence[str], task_types: Sequence[str],
-                      scorer: str = "exact_match", **scorer_kwargs) -> ScoredResult:
+                      scorer: str = DEFAULT_SCORER, **scorer_kwargs) -> ScoredResult:
     """Accuracy of predictions under any scorer of masters.rewards (partial credit kept)."""
-    from masters import rewards
-
     scores = rewards.get_scorer(scorer)(list(preds), list(answers), **scorer_kwargs)
     by_type: dict[str, list[float]] = defaultdict(list)
     for s, t in zip(scores, task_types, strict=True):

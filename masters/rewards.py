@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from masters.config import DEFAULT_SCORER  # noqa: F401 - the scorers' default, re-exported
 from masters.losses import TeacherTargets, bucketed_jsd, masked_mean
 
 Score = float | None
@@ -104,6 +105,36 @@ def yes_no(answers: Sequence[str], references: Sequence[str], **_) -> list[Score
     return out
 
 
+def _word_number(word: str) -> float | None:
+    if word in NUMBER_WORDS:
+        return float(NUMBER_WORDS[word])
+    return float(word) if re.fullmatch(r"\d+(?:\.\d+)?", word) else None
+
+
+def phrase_match(answers: Sequence[str], references: Sequence[str], **_) -> list[Score]:
+    """A short label read out of a phrase or sentence (both normalised as for exact_match).
+
+    A yes/no label is decided by the answer's first yes/no word ("no , there is none"), a
+    number label by its first number ("there are 5 objects"), any other label by whether its
+    words appear as a whole-word run in the answer ("the object at b3 is red" for "red").
+    A one-word answer scores as exact_match would.
+    """
+    out: list[Score] = []
+    for a, r in zip(answers, references, strict=True):
+        ref, words = normalize_text(r), normalize_text(a).split()
+        if not ref:
+            out.append(None)
+        elif ref in _YES | _NO:
+            first = next((w for w in words if w in _YES | _NO), None)
+            out.append(float(first is not None and (first in _YES) == (ref in _YES)))
+        elif _word_number(ref) is not None:
+            first = next((v for v in map(_word_number, words) if v is not None), None)
+            out.append(float(first == _word_number(ref)))
+        else:
+            out.append(float(f" {ref} " in f" {' '.join(words)} "))
+    return out
+
+
 _LETTER = re.compile(r"(?:^|[\s(\[])([A-Za-z])(?:[).:\]]|\s|$)")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*\(?([A-Za-z])\b", re.IGNORECASE)
 
@@ -169,6 +200,7 @@ def anls(answers: Sequence[str], references: Sequence[str], *, threshold: float 
 
 SCORERS: dict[str, Scorer] = {
     "exact_match": exact_match,
+    "phrase_match": phrase_match,
     "numeric": numeric_match,
     "yes_no": yes_no,
     "multiple_choice": multiple_choice,

@@ -51,7 +51,7 @@ class TaskSpec(BaseModel):
     size: int = Field(700, ge=1, description="synthetic scenes only: questions in the split")
     columns: ColumnMapping = ColumnMapping()
     task_types: list[str] | None = Field(None, description="keep only these task types")
-    scorer: str = "exact_match"
+    scorer: str = rewards.DEFAULT_SCORER
     scorer_kwargs: dict[str, Any] = Field(default_factory=dict)
     limit: int | None = Field(None, ge=1, description="first N questions (after task_types)")
 

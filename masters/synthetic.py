@@ -9,14 +9,19 @@ makes binding a word to an image region learnable at all (../shared/notes/enviro
 Every sample is a pure function of (seed, split, index), so splits are reproducible and any
 prefix of the train split can be streamed without materialising it.
 
-Question families, from easy to hard (answers are one word):
-- count        "how many objects are there ?"                   -> "5"
-- color        "what color is the object at b3 ?"               -> "red"
-- shape        "what shape is the object at b3 ?"               -> "circle"
-- count_color  "how many red objects are there ?"               -> "2"
-- exists       "is there a red circle ?"                        -> "yes" / "no"
-- where        "where is the red circle ?"                      -> "b3"
-- compare      "are there more red objects than blue objects ?" -> "yes" / "no"
+Question families, from easy to hard. The dataset label is one word, like a VQA label; the
+models answer with a phrase (`Sample.response`, what bootstrap trains them to say), graded
+against the label by `rewards.phrase_match`:
+- count        "how many objects are there ?"         "5"   "there are 5 objects"
+- color        "what color is the object at b3 ?"     "red" "the object at b3 is red"
+- shape        "what shape is the object at b3 ?"     "circle" "the object at b3 is a circle"
+- count_color  "how many red objects are there ?"     "2"   "there are 2 red objects"
+- exists       "is there a red circle ?"              "yes" "yes there is a red circle"
+                                                      "no"  "no there is no red circle"
+- where        "where is the red circle ?"            "b3"  "the red circle is at b3"
+- compare      "are there more red objects than blue objects ?"
+                                                      "no"  "no there are more blue objects
+                                                             than red objects"
 
 Two auxiliary "describe" families ("describe color ." / "describe shape .") answer with the
 attribute of all 16 cells in raster order ("none" for an empty cell). They are dense
@@ -72,8 +77,9 @@ class Sample:
     id: str
     image: np.ndarray  # uint8, (64, 64, 3)
     question: str
-    answer: str
+    answer: str  # the label
     task_type: str
+    response: str = ""  # the phrase a model answers with (the label itself if empty)
 
 
 def vocabulary() -> list[str]:
@@ -142,7 +148,7 @@ def _article(word: str) -> str:
 def _question(
     family: str, scene: Scene, rng: np.random.Generator
 ) -> tuple[str, str] | None:
-    """One (question, answer) of a family, or None when this scene cannot host it."""
+    """One (question, label) of a family, or None when this scene cannot host it."""
     objs = scene.objects
     colors, shapes = list(COLORS), list(SHAPES)
     if family == "count":
@@ -182,6 +188,29 @@ def _question(
     raise ValueError(f"unknown question family {family!r}")
 
 
+def response(family: str, question: str, label: str) -> str:
+    """The phrase answering `question` whose label is `label` (a function of the two)."""
+    q = question.removesuffix(" ?").split()
+    if family == "count":
+        return f"there are {label} objects"
+    if family in ("color", "shape"):
+        value = label if family == "color" else f"{_article(label)} {label}"
+        return f"the object at {q[-1]} is {value}"
+    if family == "count_color":
+        return f"there are {label} {q[2]} objects"
+    if family == "exists":
+        color, shape = q[-2:]
+        return (f"yes there is {_article(color)} {color} {shape}" if label == "yes"
+                else f"no there is no {color} {shape}")
+    if family == "where":
+        return f"the {q[-2]} {q[-1]} is at {label}"
+    if family == "compare":
+        a, b = q[3], q[6]
+        more, fewer = (a, b) if label == "yes" else (b, a)
+        return f"{label} there are more {more} objects than {fewer} objects"
+    return label  # describe: the label is already the full answer
+
+
 def _balanced_answer(family: str, rng: np.random.Generator) -> str | None:
     """Target answer for rejection sampling, so that no family is won by its prior."""
     if family in ("exists", "compare"):
@@ -212,7 +241,8 @@ def make_sample(
         qa = _question(family, scene, rng)
         if qa is None or (target is not None and qa[1] != target):
             continue
-        return Sample(f"{split}-{index:07d}", render(scene, rng), qa[0], qa[1], family)
+        return Sample(f"{split}-{index:07d}", render(scene, rng), qa[0], qa[1], family,
+                      response(family, *qa))
     raise RuntimeError(f"could not sample family {family!r} (seed={seed}, index={index})")
 
 

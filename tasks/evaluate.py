@@ -34,7 +34,8 @@ def evaluate_model(
         by_task = {k: {"accuracy": r.accuracy, "abstain_rate": r.abstain_rate, "n": r.n,
                        "per_task": r.per_task} for k, r in result.tasks.items()}
     else:
-        result = evaluation.evaluate_dataset(model, processor, dataset, **opts)
+        result = evaluation.evaluate_dataset(model, processor, dataset, **opts,
+                                             **cfg.eval_scorer())
         per_type, by_task = result.per_task, None
     params = sum(p.numel() for p in model.parameters())
     tracker = Tracker(cfg.tracking)

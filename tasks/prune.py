@@ -73,7 +73,8 @@ def sweep_teacher(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> 
             data.load_split(cfg.data, "test"))
     rows = mask_sweep.accuracy_vs_ratio(
         model, processor, scope, cfg.masking.sweep_ratios, eval_data,
-        batch_size=cfg.evaluation.batch_size, max_new_tokens=cfg.evaluation.max_new_tokens)
+        batch_size=cfg.evaluation.batch_size, max_new_tokens=cfg.evaluation.max_new_tokens,
+        **cfg.eval_scorer())
     text = mask_sweep.format_rows(rows)
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"mask-sweep-{t.name}", parent_run_id=parent_run_id,

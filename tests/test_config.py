@@ -133,3 +133,18 @@ def test_cli_prints_resolved_config(capsys, monkeypatch):
 
 def test_model_defaults_is_a_settings_class():
     assert MastersConfig.model_config["env_prefix"] == "MASTERS_"
+
+
+def test_evaluation_scores_with_the_accuracy_rewards_rule():
+    """One definition of a correct answer: evaluation (and so the registry gate, which reads
+    its test/accuracy) uses the accuracy reward's scorer unless told otherwise."""
+    assert MastersConfig().eval_scorer() == {"scorer": "phrase_match", "scorer_kwargs": {}}
+    cfg = load_config(overrides=["rewards.scorer=numeric",
+                                 "rewards.scorer_kwargs={tolerance: 0.1}"])
+    assert cfg.eval_scorer() == {"scorer": "numeric", "scorer_kwargs": {"tolerance": 0.1}}
+    cfg = load_config(overrides=["rewards.scorer=judge"])  # a judge is for rewards only
+    assert cfg.eval_scorer() == {"scorer": "phrase_match", "scorer_kwargs": {}}
+    cfg = load_config(overrides=["rewards.scorer=numeric", "evaluation.scorer=exact_match"])
+    assert cfg.eval_scorer() == {"scorer": "exact_match", "scorer_kwargs": {}}
+    with pytest.raises(ConfigError, match="evaluation.scorer"):
+        load_config(overrides=["evaluation.scorer=judge"])

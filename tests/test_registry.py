@@ -170,7 +170,7 @@ def test_lineage_tags_without_secrets(tracker, checkpoint, monkeypatch, tmp_path
     assert json.loads(tags["masters.schedule"]) == [["mid", 0.2, 10], ["mid", 0.15, 10]]
     assert tags["masters.data.fingerprint.test"] == "bbbb"
     assert json.loads(tags["masters.cache.manifests"]) == ["s3://b/manifests/1.json"]
-    assert json.loads(tags["masters.rewards"])["scorer"] == "exact_match"
+    assert json.loads(tags["masters.rewards"])["scorer"] == "phrase_match"
     assert tags["masters.git_sha"] == "abc123" and tags["prefect.flow_run_id"] == "run-1"
     assert float(tags["metrics.test/accuracy"]) == 0.25
     assert len(tags["masters.notes"]) == registry.TAG_VALUE_MAX

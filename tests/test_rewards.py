@@ -54,6 +54,23 @@ SCORER_CASES = [
     ("anls", "completely different", "receive", {}, 0.0),
     ("anls", "RECEIVE ", "receive", {}, 1.0),
     ("anls", "x", "", {}, None),
+    ("phrase_match", "red", "red", {}, 1.0),
+    ("phrase_match", "the object at b3 is red", "red", {}, 1.0),
+    ("phrase_match", "the object at b3 is blue", "red", {}, 0.0),
+    ("phrase_match", "The object at b3 is a circle.", "circle", {}, 1.0),
+    ("phrase_match", "the red circle is at b3", "b3", {}, 1.0),
+    ("phrase_match", "the red circle is at b33", "b3", {}, 0.0),  # whole words only
+    ("phrase_match", "there are 5 objects", "5", {}, 1.0),
+    ("phrase_match", "there are five objects", "5", {}, 1.0),
+    ("phrase_match", "there are 2 red objects , not 5", "5", {}, 0.0),  # the first number
+    ("phrase_match", "no objects", "0", {}, 0.0),
+    ("phrase_match", "no there is no red circle", "no", {}, 1.0),
+    ("phrase_match", "yes there is a red circle", "no", {}, 0.0),
+    ("phrase_match", "yes there are more red objects than blue objects", "yes", {}, 1.0),
+    ("phrase_match", "it is not there", "no", {}, 0.0),  # no yes/no word: not a "no"
+    ("phrase_match", "red circle", "red circle", {}, 1.0),
+    ("phrase_match", "", "red", {}, 0.0),
+    ("phrase_match", "red", "  ", {}, None),
 ]
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from masters import synthetic
+from masters import rewards, synthetic
 
 
 def test_samples_are_pure_functions_of_seed_split_index():
@@ -117,9 +118,35 @@ def test_vocabulary_covers_every_word():
     vocab = set(synthetic.vocabulary())
     for i in range(300):
         s = synthetic.make_sample(1, "train", i, aux_fraction=0.3)
-        assert set(s.question.split()) <= vocab and set(s.answer.split()) <= vocab
+        assert set(s.question.split()) | set(s.answer.split()) | set(s.response.split()) <= vocab
 
 
-def test_unknown_split_rejected():
-    with pytest.raises(ValueError, match="split must be one of"):
-        synthetic.make_sample(0, "dev", 0)
+LABELS = {"count": [str(n) for n in range(17)], "count_color": [str(n) for n in range(17)],
+          "color": list(synthetic.COLORS), "shape": list(synthetic.SHAPES),
+          "exists": ["yes", "no"], "compare": ["yes", "no"], "where": synthetic.CELLS}
+
+
+def test_responses_are_phrases_graded_right_against_every_label():
+    """Each answer phrase scores 1 against its own label and 0 against every other label
+    of its family under the scorer rewards and evaluation use."""
+    seen = set()
+    for i in range(140):
+        s = synthetic.make_sample(2, "test", i)
+        seen.add(s.task_type)
+        assert len(s.response.split()) >= 4 and s.answer in s.response.split()
+        labels = LABELS[s.task_type]
+        scores = rewards.phrase_match([s.response] * len(labels), labels)
+        assert scores == [float(label == s.answer) for label in labels], s
+    assert seen == set(synthetic.QA_FAMILIES)
+    assert synthetic.make_sample(2, "train", 0, aux_fraction=0.99).response.count(" ") == 15
+
+
+def test_responses_leave_images_questions_and_labels_unchanged():
+    """Phrases are a function of question and label: the sample stream (images, questions,
+    labels) is the one the shipped models and earlier caches were built from."""
+    h = hashlib.sha256()
+    for i in range(50):
+        s = synthetic.make_sample(0, "train", i, aux_fraction=0.35)
+        h.update(s.image.tobytes())
+        h.update(f"{s.question}|{s.answer}|{s.task_type}".encode())
+    assert h.hexdigest()[:16] == "fdeee3c680e0199a"
