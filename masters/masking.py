@@ -125,14 +125,17 @@ class MaskedTeacher:
         self.scope = scope
         self.ratio = 0.0
         self.tensors, self.skipped = in_scope(model, scope)
+        self._zeros = {n: int((t == 0).sum()) for n, t in self.tensors.items()}
         self.stats = self._mask(0.0)
 
     def _mask(self, r: float) -> dict[str, TensorMask]:
+        # Zeros sort first, so after masking k entries max(k, zeros before) are zero: no
+        # counting pass per tensor and ratio.
         out = {}
         with torch.no_grad():
             for name, t in self.tensors.items():
                 k = zeroed_count(r, t.numel())
-                out[name] = TensorMask(t.numel(), k, mask_(t, k), int((t == 0).sum()))
+                out[name] = TensorMask(t.numel(), k, mask_(t, k), max(k, self._zeros[name]))
         return out
 
     def set_ratio(self, ratio: Any) -> dict[str, TensorMask]:

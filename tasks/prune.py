@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from masters import bootstrap, data, evaluation, mask_sweep, models, plots
+from masters import bootstrap, data, evaluation, mask_sweep, models, pipeline, plots
 from masters.config import from_public
-from masters.masking import MaskedTeacher, MaskScope
+from masters.masking import MaskedTeacher
 from masters.tracking import Tracker
 from tasks.common import PERSIST, flow_run_tags
 
@@ -28,7 +28,7 @@ def prune_teacher(cfg_json: dict, teacher: str, parent_run_id: str | None) -> di
     """
     cfg = from_public(cfg_json)
     t = _teacher(cfg, teacher)
-    scope = MaskScope(cfg.masking.include_embeddings, cfg.masking.include_lm_head)
+    scope = pipeline.mask_scope(cfg)
     ratios = sorted(set(t.ratios()) | set(cfg.masking.sweep_ratios) | {0.0})
     model, _ = models.load(t.path, trust_remote_code=t.trust_remote_code,
                            **models.inference_placement(cfg))
@@ -67,7 +67,7 @@ def sweep_teacher(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> 
     t = _teacher(cfg, manifest["teacher"])
     model, processor = models.load(t.path, trust_remote_code=t.trust_remote_code,
                                    **models.inference_placement(cfg))
-    scope = MaskScope(cfg.masking.include_embeddings, cfg.masking.include_lm_head)
+    scope = pipeline.mask_scope(cfg)
     eval_data = bootstrap.eval_arrays(cfg.data.seed, "test", cfg.data.test_size) \
         if cfg.data.source == "synthetic" else evaluation.dataset_arrays(
             data.load_split(cfg.data, "test"))

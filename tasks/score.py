@@ -35,22 +35,21 @@ def score_stage(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> di
         judge_generate, judge_fp = _judge(cfg, manifest)
     scored = pipeline.score_shards(store, manifest["shards"], RESIDENT.split(cfg.data),
                                    cfg.rewards, judge_generate, judge_fp)
-    out, scored_all, new, digest = (scored[k] for k in ("scores", "records", "new",
-                                                        "labels_digest"))
-    stats = scoring.summarize(scored_all)
+    out, new, records = scored["scores"], scored["new"], scored["records"]
+    stats = scoring.summarize(records)
     tracker = Tracker(cfg.tracking)
     run_id = tracker.start_run(f"score-stage-{manifest['stage']}", parent_run_id=parent_run_id,
                                tags=flow_run_tags())
     with tracker.ended(run_id):
         tracker.log_params(run_id, {"stage": manifest["stage"], "teacher": manifest["teacher"],
                                     "ratio": manifest["ratio"], "scorer": cfg.rewards.scorer,
-                                    "labels_digest": digest})
+                                    "labels_digest": scored["labels_digest"]})
         tracker.log_metrics(run_id, {**stats, "shards_scored": new,
                                      "shards_cached": len(out) - new})
-        fig = plots.reward_histogram(scored_all, f"stage {manifest['stage']}: accuracy reward")
+        fig = plots.reward_histogram(records, f"stage {manifest['stage']}: accuracy reward")
         tracker.log_figure(run_id, fig, "accuracy_reward.png")
         plots.close(fig)
-        sample = _sample_rows(store, manifest, scored_all)
+        sample = _sample_rows(store, manifest, records)
         if sample:
             tracker.log_table(run_id, sample, "sample_answers.json")
     logger.info("stage %s: %d shards scored, %d cached; %s", manifest["stage"], new,
