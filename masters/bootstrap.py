@@ -9,7 +9,6 @@ resume mid-stream), AdamW with linear warm-up and cosine decay.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from masters import embedded, evaluation, inputs, models, synthetic
+from masters.schedule import lr_at
 
 
 @dataclass
@@ -45,14 +45,11 @@ MetricLogger = Callable[[dict[str, float], int], None]
 
 
 def _lr_at(step: int, spec: BootstrapSpec) -> float:
-    if step < spec.warmup:
-        return spec.lr * (step + 1) / spec.warmup
-    progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return lr_at(step, spec.steps, spec.lr, spec.warmup, "cosine", floor=0.1)
 
 
 def _trajectory(spec: dict) -> dict:
-    return {k: v for k, v in spec.items() if k != "stop_at"}
+    return {k: v for k, v in spec.items() if k not in ("stop_at", "threads")}
 
 
 def eval_arrays(seed: int, split: str, size: int):

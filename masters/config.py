@@ -167,6 +167,15 @@ class TrainingConfig(Section):
     accuracy_reward: bool = True
     distill_reward: bool = True
     distill_minmax: bool = Field(True, description="reverse min-max within the group")
+    epochs: int = Field(1, ge=1, description="passes over each stage's groups before the next "
+                        "stage (reshuffled every pass)")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up")
+    lr_decay: Literal["constant", "cosine"] = Field(
+        "constant", description="after warm-up: constant (the paper) or cosine decay to "
+        "min_lr_ratio * lr at the last step")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    eval_every: int = Field(0, ge=0, description="learning curve: validation accuracy every N "
+                            "optimizer steps, at step 0 and at the last step (0: off)")
     output_dir: str = Field(".masters/train", description="stage checkpoints, final student")
     seed: int = 0
 
@@ -259,6 +268,8 @@ class BootstrapModel(Section):
     eval_every: int = Field(500, ge=1)
     stop_at: int | None = Field(None, ge=1, description="stop early; the LR schedule still "
                                 "spans `steps`")
+    threads: int = Field(0, ge=0, description="torch threads (0: torch's default); two "
+                         "bootstraps side by side on 2 cores take 1 each")
     seed: int = 0
 
 

@@ -168,3 +168,28 @@ def accuracy_by_stage(scores: Sequence[dict], title: str = "accuracy of generate
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def learning_curves(curves: dict[str, list[dict] | list[list[dict]]], title: str,
+                    ylabel: str = "validation accuracy"):
+    """Held-out accuracy against optimizer steps, one line per method: where each one leaves
+    its plateau is the comparison. A method with several curves (seeds) is drawn as their
+    mean with a band from the lowest to the highest seed."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, runs in curves.items():
+        runs = [runs] if runs and isinstance(runs[0], dict) else runs
+        steps = sorted({p["step"] for run in runs for p in run})
+        by_step = [[p["accuracy"] for run in runs for p in run if p["step"] == s]
+                   for s in steps]
+        mean = [float(np.mean(v)) for v in by_step]
+        line, = ax.plot(steps, mean, marker=".", lw=1.6, label=name)
+        if len(runs) > 1:
+            ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step],
+                            color=line.get_color(), alpha=0.15, lw=0)
+    ax.set(xlabel="optimizer steps", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

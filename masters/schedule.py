@@ -1,4 +1,5 @@
-"""The mask-progressive schedule (method.md section 1): which teacher, which ratio, which data.
+"""The mask-progressive schedule (method.md section 1): which teacher, which ratio, which data;
+and the learning-rate schedule over optimizer steps (`lr_at`).
 
 Each teacher of the chain runs its own staircase r_max, r_max - step, ..., 0 before the next
 (larger) teacher starts [P]. The training data is cut into consecutive near-equal slices, one per
@@ -7,6 +8,7 @@ stage, in stage order [D]; when the items do not divide evenly the first slices 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,3 +60,22 @@ def generation_order(stages: Sequence[Stage]) -> list[Stage]:
     for s in stages:
         first.setdefault(s.teacher, s.index)
     return sorted(stages, key=lambda s: (first[s.teacher], s.ratio))
+
+
+def lr_at(step: int, total: int, base: float, warmup: int = 0, decay: str = "constant",
+          floor: float = 0.1) -> float:
+    """Learning rate of optimizer step `step` (0-based) of `total`.
+
+    lr = base * (step + 1) / warmup                              for step < warmup
+    lr = base                                                    decay = "constant"
+    lr = base * (floor + (1 - floor) * (1 + cos(pi * p)) / 2)    decay = "cosine",
+         p = (step - warmup) / (total - warmup), capped at 1
+    """
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if decay == "constant":
+        return base
+    if decay != "cosine":
+        raise ValueError(f"unknown learning-rate decay {decay!r}; use constant or cosine")
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -4,7 +4,6 @@ on every rank, by `torchrun -m masters.train_entry --spec`: no Prefect here."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from masters import cache, distributed, models, pipeline, training
@@ -64,7 +63,7 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], teachers: list[
                                       "scores": scores, "teachers": teachers},
                              "train_inputs.json")
             metrics = BufferedMetrics(tracker, run_id)
-        steps = sum(math.ceil(st.size / cfg.training.batch_groups) for st in stages)
+        steps = training.planned_steps(stages, cfg.training)
         bar = Progress(steps, key="training-progress", desc="train", unit="step",
                        what="optimizer steps done", show=progress) if main else None
 
@@ -73,7 +72,8 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], teachers: list[
             bar.update_to(step)
 
         trainer = training.MastersTrainer(student, processor, cfg.training,
-                                          log_metrics=log_metrics if main else None)
+                                          log_metrics=log_metrics if main else None,
+                                          evaluate=validation_accuracy(cfg) if main else None)
         # Only the student is loaded: the teachers' side is in the cache (distributions).
         if supervised:
             def groups_of(st):
@@ -97,7 +97,7 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], teachers: list[
             training.save_student(trainer.student, processor, final)  # atomic, write-once
             tracker.set_tags(run_id, {"student_path": str(final.resolve())})
             tracker.log_dict(run_id, result, "training_summary.json")
-            log_training_plots(tracker, run_id, log)
+            log_training_plots(tracker, run_id, result["curve"], log)
         distributed.barrier()
         status = "FINISHED"
     finally:
@@ -110,20 +110,42 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], teachers: list[
                  result["steps"], len(stages), result["resumed_after"], final)
     return {"student_path": str(final.resolve()), "train_key": key, "steps": result["steps"],
             "stages": result["stages"], "resumed_after": result["resumed_after"],
-            "mlflow_run_id": run_id}
+            "curve": result["curve"], "mlflow_run_id": run_id}
+
+
+def validation_accuracy(cfg):
+    """The learning curve's measure: greedy accuracy on the validation split, scored like
+    the final evaluation (`MastersConfig.eval_scorer`)."""
+    from masters import evaluation
+
+    def evaluate(model, processor) -> dict:
+        split = pipeline.load_split(cfg.data, "validation")
+        res = evaluation.evaluate_dataset(model, processor, split,
+                                          batch_size=cfg.evaluation.batch_size,
+                                          max_new_tokens=cfg.evaluation.max_new_tokens,
+                                          **cfg.eval_scorer())
+        return {"accuracy": res.accuracy, "per_task": res.per_task}
+
+    return evaluate
 
 
 LOSS_KEYS = ("loss/loss", "loss/grpo", "loss/kl", "loss/jsd", "loss/sft")
 REWARD_KEYS = ("reward/accuracy", "reward/distill", "reward/divergence")
 
 
-def log_training_plots(tracker, run_id: str, log=None) -> None:
+def log_training_plots(tracker, run_id: str, curve: list[dict] | None = None,
+                       log=None) -> None:
     """Loss and reward curves from what the trainer logged, read back from MLflow so the
-    figure shows exactly the recorded numbers. A figure is a convenience: failing to draw one
-    must not fail a finished training run, so errors are logged and swallowed."""
+    figure shows exactly the recorded numbers, and the learning curve (validation accuracy
+    against optimizer steps) when one was drawn. A figure is a convenience: failing to draw
+    one must not fail a finished training run, so errors are logged and swallowed."""
     from masters import plots
 
     try:
+        if curve:
+            fig = plots.learning_curves({"student": curve}, "validation accuracy while training")
+            tracker.log_figure(run_id, fig, "plots/learning_curve.png")
+            plots.close(fig)
         keys = (*LOSS_KEYS, *REWARD_KEYS, "stage")
         history = {k: [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, k)]
                    for k in keys}

@@ -34,7 +34,7 @@ import torch
 from masters import distributed, distributions, inputs, rewards
 from masters.config import TrainingConfig
 from masters.losses import masters_loss, sft_loss, token_logprobs, upcast
-from masters.schedule import Stage
+from masters.schedule import Stage, lr_at
 
 
 class TrainingError(RuntimeError):
@@ -154,14 +154,21 @@ class MastersTrainer:
     """
 
     def __init__(self, student, processor, cfg: TrainingConfig, *,
-                 log_metrics: Callable[[dict, int], None] | None = None):
+                 log_metrics: Callable[[dict, int], None] | None = None,
+                 evaluate: Callable[[object, object], dict] | None = None):
+        """`evaluate(student, processor)` -> {"accuracy": ..., "per_task": {...}} draws the
+        learning curve every `cfg.eval_every` steps (main rank only; it must not train)."""
         self.student, self.processor, self.cfg = student, processor, cfg
         self.log_metrics = log_metrics
+        self.evaluate = evaluate if cfg.eval_every else None
         self.device = next(student.parameters()).device
         self.vocab = len(processor.tokenizer.get_vocab())
         self.step = 0
+        self.total_steps = 0
+        self.curve: list[dict] = []
 
-    def setup(self) -> None:
+    def setup(self, total_steps: int = 0) -> None:
+        self.total_steps = total_steps
         torch.manual_seed(self.cfg.seed)
         self.world = distributed.world_size()
         if self.cfg.batch_groups % self.world:
@@ -196,9 +203,33 @@ class MastersTrainer:
         loss.backward()
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr()
         self.opt.step()
         self.step += 1
         return StepResult(logged, stats)
+
+    def lr(self) -> float:
+        """The learning rate of the next optimizer step (`masters.schedule.lr_at`)."""
+        c = self.cfg
+        return lr_at(self.step, self.total_steps, c.lr, c.warmup_steps, c.lr_decay,
+                     c.min_lr_ratio)
+
+    def curve_point(self) -> None:
+        """Append the held-out accuracy at this step to the learning curve (main rank)."""
+        if self.evaluate is None or not distributed.is_main():
+            return
+        if self.curve and self.curve[-1]["step"] == self.step:
+            return
+        self.student.eval()
+        with torch.no_grad():
+            res = self.evaluate(self.student, self.processor)
+        self.student.train()
+        self.curve.append({"step": self.step, **res})
+        if self.log_metrics:
+            self.log_metrics({"val/accuracy": res["accuracy"],
+                              **{f"val/accuracy/{k}": v
+                                 for k, v in res.get("per_task", {}).items()}}, self.step)
 
     def _masters_terms(self, groups, enc, mask):
         cfg = self.cfg
@@ -257,8 +288,17 @@ class MastersTrainer:
         return torch.tensor(advantages), sums
 
     def train_stage(self, stage: Stage, groups: Sequence[Group]) -> list[StepResult]:
-        """Every group of the stage once, in a seeded order, `batch_groups` per step."""
-        order = np.random.default_rng([self.cfg.seed, stage.index]).permutation(len(groups))
+        """Every group of the stage `epochs` times, each pass in its own seeded order,
+        `batch_groups` per step."""
+        results = []
+        for epoch in range(self.cfg.epochs):
+            results += self._one_pass(stage, groups, epoch)
+        return results
+
+    def _one_pass(self, stage: Stage, groups: Sequence[Group], epoch: int) -> list[StepResult]:
+        # Pass 0 keeps the order of a one-epoch run (seeded by stage alone).
+        seed = [self.cfg.seed, stage.index] + ([epoch] if epoch else [])
+        order = np.random.default_rng(seed).permutation(len(groups))
         results = []
         b = self.cfg.batch_groups
         for start in range(0, len(order), b):
@@ -274,6 +314,9 @@ class MastersTrainer:
                                   **res.rewards, "mask_ratio": stage.ratio,
                                   "stage": stage.index, "lr": self.opt.param_groups[0]["lr"]},
                                  self.step)
+            if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0
+                                        or self.step == self.total_steps):
+                self.curve_point()
         return results
 
     # ---- checkpoints: the student, the optimizer, the stage index, the RNG ----------------
@@ -293,7 +336,8 @@ class MastersTrainer:
             torch.save({"optimizer": self.opt.state_dict(), "rng": torch.get_rng_state()},
                        tmp / "trainer_state.pt")
             (tmp / "progress.json").write_text(json.dumps({"stage": stage.index,
-                                                           "step": self.step}))
+                                                           "step": self.step,
+                                                           "curve": self.curve}))
 
         write_folder_once(final, write)
 
@@ -310,6 +354,7 @@ class MastersTrainer:
         torch.set_rng_state(extra["rng"].cpu())
         progress = json.loads((path / "progress.json").read_text())
         self.step = progress["step"]
+        self.curve = progress.get("curve", [])
         return progress["stage"]
 
 
@@ -359,11 +404,13 @@ def train(
     checkpoint_dir: str | Path,
 ) -> dict:
     """Run every stage in order, resuming after the last finished stage's checkpoint."""
-    trainer.setup()
+    trainer.setup(planned_steps(stages, trainer.cfg))
     done = -1
     ckpt = last_checkpoint(checkpoint_dir)
     if ckpt is not None:
         done = trainer.load_checkpoint(ckpt)
+    else:
+        trainer.curve_point()  # step 0: the initial student
     history = []
     for stage in stages:
         if stage.index <= done:
@@ -373,4 +420,11 @@ def train(
         history.append({"stage": stage.index, "teacher": stage.teacher, "ratio": stage.ratio,
                         "steps": len(results),
                         "loss": float(np.mean([r.terms["loss"] for r in results]))})
-    return {"resumed_after": done, "stages": history, "steps": trainer.step}
+    return {"resumed_after": done, "stages": history, "steps": trainer.step,
+            "curve": trainer.curve}
+
+
+def planned_steps(stages: Sequence[Stage], cfg: TrainingConfig) -> int:
+    """Optimizer steps of a run: every stage's questions, `batch_groups` per step, `epochs`
+    times (the learning-rate schedule spans them)."""
+    return cfg.epochs * sum(-(-st.size // cfg.batch_groups) for st in stages)

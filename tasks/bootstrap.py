@@ -35,6 +35,7 @@ def bootstrap_model(
         aux_fraction=m.aux_fraction,
         eval_every=m.eval_every,
         stop_at=m.stop_at,
+        threads=m.threads,
         eval_size=bcfg.eval_size,
         seed=m.seed,
         data_seed=cfg.data.seed,

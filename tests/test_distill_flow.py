@@ -21,6 +21,7 @@ def _cfg(tmp_path, paths):
 
 def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch):
     cfg = _cfg(tmp_path, checkpoints)
+    cfg.training.eval_every = 2
     out = distill_flow(config=cfg.public_dict())
     assert [m["ratio"] for m in out["manifests"]] == [0.05, 0.0]
     # Scores: one per generated answer, equal to the scorer applied to the answer text.
@@ -34,6 +35,9 @@ def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch
                 [a["text"] for a in answers], [_label(cfg, a["question_id"]) for a in answers])
     trained = out["trained"]
     assert trained["steps"] == 4 and trained["resumed_after"] == -1
+    # The learning curve: validation accuracy at step 0, every 2nd step and the last.
+    assert [p["step"] for p in trained["curve"]] == [0, 2, 4]
+    assert all(0.0 <= p["accuracy"] <= 1.0 and p["per_task"] for p in trained["curve"])
     # The Prefect UI shows training's progress like generation's.
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -59,7 +63,11 @@ def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch
     def pngs(run):
         return {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
 
-    assert pngs(runs["train"]) == {"plots/loss_curves.png", "plots/rewards.png"}
+    curve = client.get_metric_history(runs["train"].info.run_id, "val/accuracy")
+    assert [(h.step, h.value) for h in curve] == [(p["step"], p["accuracy"])
+                                                  for p in trained["curve"]]
+    assert pngs(runs["train"]) == {"plots/loss_curves.png", "plots/rewards.png",
+                                   "plots/learning_curve.png"}
     assert pngs(runs["distill-smoke"]) == {"plots/accuracy_by_task.png",
                                            "plots/accuracy_by_stage.png"}
 
@@ -71,6 +79,7 @@ def test_distill_flow_end_to_end(prefect_api, tmp_path, checkpoints, monkeypatch
     again = distill_flow(config=cfg.public_dict())
     assert all(s["new"] == 0 for s in again["scores"])
     assert again["trained"]["resumed_after"] == 1 and again["trained"]["steps"] == 4
+    assert again["trained"]["curve"] == trained["curve"]  # kept in the stage checkpoint
 
 
 def _label(cfg, qid):

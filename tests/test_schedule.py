@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -63,3 +64,17 @@ def test_stage_is_frozen():
     stage = build_schedule([MID], 5)[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         stage.ratio = 0.0
+
+
+def test_lr_at_matches_the_formula():
+    from masters.schedule import lr_at
+
+    assert [lr_at(i, 10, 2.0) for i in (0, 5, 9)] == [2.0, 2.0, 2.0]
+    assert [lr_at(i, 10, 2.0, warmup=4) for i in range(4)] == [0.5, 1.0, 1.5, 2.0]
+    for i in range(4, 12):
+        p = min(1.0, (i - 4) / 6)
+        want = 2.0 * (0.1 + 0.9 * (1 + math.cos(math.pi * p)) / 2)
+        assert lr_at(i, 10, 2.0, warmup=4, decay="cosine") == pytest.approx(want)
+    assert lr_at(10, 10, 2.0, warmup=4, decay="cosine") == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="linear"):
+        lr_at(5, 10, 1.0, decay="linear")

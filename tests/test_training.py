@@ -27,7 +27,7 @@ def family():
     return student, teacher.eval(), processor
 
 
-def _run(student, teacher, processor, tmp_path, cfg, stop_after=None):
+def _run(student, teacher, processor, tmp_path, cfg, stop_after=None, evaluate=None):
     """Generation's part (each stage's masked teacher and the initial student teacher-force
     the answers, distributions cached on the groups), then training on the student alone."""
     tcfg = TeacherConfig(name="t", path="unused", r_max=0.1, step=0.05)
@@ -60,9 +60,47 @@ def _run(student, teacher, processor, tmp_path, cfg, stop_after=None):
 
     logged = []
     trainer = training.MastersTrainer(student, processor, cfg,
-                                      log_metrics=lambda m, s: logged.append((s, m)))
+                                      log_metrics=lambda m, s: logged.append((s, m)),
+                                      evaluate=evaluate)
     out = training.train(trainer, stages, stage_groups, tmp_path / "ckpt")
     return out, applied, logged, trained
+
+
+def test_epochs_lr_schedule_and_learning_curve(family, tmp_path):
+    """Two passes per stage double the steps; every step's lr is schedule.lr_at of its index;
+    the curve has step 0, every eval_every-th step and the last, each from the live student."""
+    student, teacher, processor = family
+    cfg = TrainingConfig(lr=1e-3, batch_groups=1, epochs=2, warmup_steps=3, lr_decay="cosine",
+                         min_lr_ratio=0.2, eval_every=5)
+    seen = []
+
+    def evaluate(model, proc):
+        assert not model.training and proc is processor
+        seen.append(next(model.parameters()).detach().clone())
+        return {"accuracy": len(seen) / 10, "per_task": {"x": 0.5}}
+
+    out, _, logged, _ = _run(student, teacher, processor, tmp_path, cfg, evaluate=evaluate)
+    assert out["steps"] == 12 and [s["steps"] for s in out["stages"]] == [4, 4, 4]
+    lrs = [m["lr"] for _, m in logged if "lr" in m]
+    assert lrs == pytest.approx([1e-3 * (i + 1) / 3 for i in range(3)] + [
+        1e-3 * (0.2 + 0.8 * 0.5 * (1 + np.cos(np.pi * (i - 3) / 9))) for i in range(3, 12)])
+    assert [p["step"] for p in out["curve"]] == [0, 5, 10, 12]
+    assert [p["accuracy"] for p in out["curve"]] == [0.1, 0.2, 0.3, 0.4]
+    assert not torch.equal(seen[0], seen[-1]) and student.training
+    assert [(s, m["val/accuracy"]) for s, m in logged if "val/accuracy" in m] == [
+        (0, 0.1), (5, 0.2), (10, 0.3), (12, 0.4)]
+
+
+def test_resumed_run_keeps_the_learning_curve(family, tmp_path):
+    student, teacher, processor = family
+    cfg = TrainingConfig(lr=1e-3, batch_groups=1, eval_every=1)
+    evaluate = lambda m, p: {"accuracy": 0.5, "per_task": {}}  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        _run(copy.deepcopy(student), teacher, processor, tmp_path, cfg, stop_after=0,
+             evaluate=evaluate)
+    out, *_ = _run(copy.deepcopy(student), teacher, processor, tmp_path, cfg,
+                   evaluate=evaluate)
+    assert [p["step"] for p in out["curve"]] == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_stages_run_in_order_with_their_ratios(family, tmp_path):
