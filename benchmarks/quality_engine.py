@@ -116,8 +116,13 @@ def run_config(cfg: MastersConfig, log=print) -> dict:
     else:
         stages, by_stage = stage_groups(cfg, store, stats)
     stats["prepare_s"] = time.perf_counter() - t0
-    trainer = training.MastersTrainer(student, processor, cfg.training)
-    trainer.setup()
+    def curve_point(model, proc) -> dict:
+        res = evaluate(cfg, model, proc, "validation")
+        return {"accuracy": res["accuracy"], "per_task": res["per_task"]}
+
+    trainer = training.MastersTrainer(student, processor, cfg.training, evaluate=curve_point)
+    trainer.setup(training.planned_steps(stages, cfg.training))
+    trainer.curve_point()  # step 0 (when training.eval_every is set)
     t1 = time.perf_counter()
     sums: dict[str, list[float]] = {}
     for stage in stages:  # the student alone: teachers ran in generation (distributions)
@@ -126,6 +131,7 @@ def run_config(cfg: MastersConfig, log=print) -> dict:
                 sums.setdefault(k, []).append(v)
     stats["train_s"] = time.perf_counter() - t1
     stats["steps"] = trainer.step
+    stats["curve"] = trainer.curve
     stats["answers"] = sum(len(g.answers) for gs in by_stage.values() for g in gs)
     stats["means"] = {k: float(np.mean(v)) for k, v in sums.items()}
     t2 = time.perf_counter()

@@ -168,6 +168,10 @@ class MastersTrainer:
         self.curve: list[dict] = []
 
     def setup(self, total_steps: int = 0) -> None:
+        """`total_steps`: the run's `planned_steps`, which a decaying learning rate spans."""
+        if self.cfg.lr_decay != "constant" and total_steps < 1:
+            raise TrainingError(f"training.lr_decay={self.cfg.lr_decay!r} needs the run's "
+                                "planned steps: setup(planned_steps(stages, cfg))")
         self.total_steps = total_steps
         torch.manual_seed(self.cfg.seed)
         self.world = distributed.world_size()

@@ -75,3 +75,23 @@ def test_markdown_and_targets_from_fake_results():
     retention = 0.71 / 0.98
     assert f"retention (full Masters / large teacher) {retention:.3f}" in lines[3]
     assert "**missed**" in lines[3]  # 0.724 < 0.9
+
+
+def test_engine_run_spans_the_lr_schedule_and_draws_the_curve(tmp_path, checkpoints):
+    """The benchmark's engine trains like the pipeline: it knows the planned steps (the lr
+    schedule spans them; the curve's last point is the last step) and draws the curve."""
+    from pathlib import Path
+
+    from conftest import smoke_distill_overrides
+
+    from benchmarks import quality_engine
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "smoke.yaml", smoke_distill_overrides(
+        tmp_path, checkpoints) + ["training.objective=supervised", "training.epochs=2",
+                                  "training.lr_decay=cosine", "training.eval_every=3",
+                                  "data.validation_size=6"])
+    out = quality_engine.run_config(cfg, log=lambda *a: None)
+    assert out["steps"] == 8
+    assert [p["step"] for p in out["curve"]] == [0, 3, 6, 8]
+    assert all(0.0 <= p["accuracy"] <= 1.0 for p in out["curve"])

@@ -91,6 +91,13 @@ def test_epochs_lr_schedule_and_learning_curve(family, tmp_path):
         (0, 0.1), (5, 0.2), (10, 0.3), (12, 0.4)]
 
 
+def test_a_decaying_lr_needs_the_planned_steps(family):
+    student, _, processor = family
+    trainer = training.MastersTrainer(student, processor, TrainingConfig(lr_decay="cosine"))
+    with pytest.raises(training.TrainingError, match="planned steps"):
+        trainer.setup()
+
+
 def test_resumed_run_keeps_the_learning_curve(family, tmp_path):
     student, teacher, processor = family
     cfg = TrainingConfig(lr=1e-3, batch_groups=1, eval_every=1)
