@@ -310,3 +310,17 @@ def test_supervised_job_needs_no_answers_and_loads_no_teacher(tmp_path):
     assert (Path(out["student_path"]) / "model.safetensors").is_file()
     again = run_training(cfg, [], [], [])  # named by its inputs: resumes, trains nothing
     assert again["train_key"] == out["train_key"] and again["resumed_after"] == 1
+
+
+def test_learning_curves_plot_mean_and_seed_band():
+    from masters import plots
+
+    one = [{"step": 0, "accuracy": 0.5}, {"step": 10, "accuracy": 0.7}]
+    seeds = [[{"step": 0, "accuracy": 0.4}, {"step": 10, "accuracy": 0.6}],
+             [{"step": 0, "accuracy": 0.6}, {"step": 10, "accuracy": 1.0}]]
+    fig = plots.learning_curves({"label": one, "masters": seeds}, "t")
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln.get_ydata().tolist() for ln in ax.get_lines()}
+    assert lines == {"label": [0.5, 0.7], "masters": pytest.approx([0.5, 0.8])}
+    assert len(ax.collections) == 1  # the band: only the method with several seeds
+    plots.close(fig)
