@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from masters import cache, evaluation, generation, models, pipeline, training
+from masters import cache, evaluation, generation, models, pipeline, train_job, training
 from masters.config import MastersConfig
 from masters.generation import LoadedModel
 from masters.schedule import build_schedule, generation_order
@@ -116,11 +116,8 @@ def run_config(cfg: MastersConfig, log=print) -> dict:
     else:
         stages, by_stage = stage_groups(cfg, store, stats)
     stats["prepare_s"] = time.perf_counter() - t0
-    def curve_point(model, proc) -> dict:
-        res = evaluate(cfg, model, proc, "validation")
-        return {"accuracy": res["accuracy"], "per_task": res["per_task"]}
-
-    trainer = training.MastersTrainer(student, processor, cfg.training, evaluate=curve_point)
+    trainer = training.MastersTrainer(student, processor, cfg.training,
+                                      evaluate=train_job.validation_accuracy(cfg))
     trainer.setup(training.planned_steps(stages, cfg.training))
     trainer.curve_point()  # step 0 (when training.eval_every is set)
     t1 = time.perf_counter()
