@@ -38,6 +38,9 @@ class ColumnMapping(Section):
     image: str = "image"
     question: str = "question"
     answer: str = "answer"
+    # Optional reference answer text (a phrase or sentence) the supervised baseline trains
+    # on; grading always reads `answer`. Absent: the baseline trains on `answer` itself.
+    response: str | None = "response"
     id: str | None = "id"
     choices: str | None = None
     task_type: str | None = "task_type"

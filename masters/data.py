@@ -1,8 +1,9 @@
 """Datasets: the built-in synthetic grid scenes, or any Hugging Face `datasets` source.
 
 Whatever the source, a split comes back with the canonical columns `id, image, question,
-answer, task_type` (and `choices` when mapped), images decoded as RGB PIL images. Problems
-are reported with the column or row that caused them, before any model is loaded.
+answer, task_type` (and `choices`, `response` when present), images decoded as RGB PIL
+images. Problems are reported with the column or row that caused them, before any model is
+loaded.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def canonicalize(ds, cfg: DataConfig, split: str):
     if len(ds) == 0:
         raise DataError(f"split {split!r} of {cfg.path!r} is empty")
     rename = dict(required)
-    optional = {"id": cols.id, "task_type": cols.task_type, "choices": cols.choices}
+    optional = {"id": cols.id, "task_type": cols.task_type, "choices": cols.choices,
+                "response": cols.response}
     for k, v in optional.items():
         if v and v in ds.column_names:
             rename[k] = v

@@ -125,9 +125,11 @@ def stage_groups(store, shards: Sequence[dict], score_keys: Sequence[str], split
 
 
 def label_groups(split, stage: Stage, tokenizer) -> list[training.Group]:
-    """The supervised baseline's data: the stage's slice of the train split, label as answer."""
+    """The supervised baseline's data: the stage's slice of the train split, its reference
+    answer text (`response`, where the dataset has one, else the label) as the answer."""
     part = split[stage.start : stage.stop]
+    targets = part["response"] if "response" in part else part["answer"]
     return [training.label_group(tokenizer, str(i), np.asarray(im.convert("RGB")), q, a)
-            for i, im, q, a in zip(part["id"], part["image"], part["question"], part["answer"],
+            for i, im, q, a in zip(part["id"], part["image"], part["question"], targets,
                                    strict=True)]
 

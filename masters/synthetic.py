@@ -264,6 +264,7 @@ def build_split(
             "image": datasets.Image(),
             "question": datasets.Value("string"),
             "answer": datasets.Value("string"),
+            "response": datasets.Value("string"),
             "task_type": datasets.Value("string"),
         }
     )
@@ -273,6 +274,7 @@ def build_split(
             "image": [Image.fromarray(s.image) for s in samples],
             "question": [s.question for s in samples],
             "answer": [s.answer for s in samples],
+            "response": [s.response or s.answer for s in samples],
             "task_type": [s.task_type for s in samples],
         },
         features=features,

@@ -74,7 +74,7 @@ def add_answer(groups: dict[str, Group], split, index: dict[str, int], record: d
 
 def label_group(tokenizer, question_id: str, image: np.ndarray, question: str,
                 answer: str) -> Group:
-    """The supervised baseline's group: the dataset answer + EOS as its only answer."""
+    """The supervised baseline's group: the dataset's answer text + EOS as its only answer."""
     ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return Group(question_id, image, question, [ids], [None], ["label"])
 

@@ -23,18 +23,22 @@ def _cfg(path, **columns):
 
 def _renamed_parquet(tmp_path, split="test", n=10):
     ds = synthetic.build_split(0, split, n)
-    ds = ds.rename_columns({"image": "img", "question": "q", "answer": "a", "task_type": "kind"})
+    ds = ds.rename_columns({"image": "img", "question": "q", "answer": "a", "task_type": "kind",
+                            "response": "ref"})
     ds.to_parquet(tmp_path / f"{split}.parquet")
     return ds
 
 
 def test_parquet_with_column_mapping(tmp_path):
     _renamed_parquet(tmp_path)
-    cfg = _cfg(tmp_path, image="img", question="q", answer="a", task_type="kind")
+    cfg = _cfg(tmp_path, image="img", question="q", answer="a", task_type="kind",
+               response="ref")
     ds = load_split(cfg, "test")
-    assert set(ds.column_names) == {"id", "image", "question", "answer", "task_type"}
+    assert set(ds.column_names) == {"id", "image", "question", "answer", "response",
+                                    "task_type"}
     ref = synthetic.make_sample(0, "test", 4)
     assert ds[4]["question"] == ref.question and ds[4]["answer"] == ref.answer
+    assert ds[4]["response"] == ref.response
     assert np.array_equal(np.asarray(ds[4]["image"]), ref.image)
 
 

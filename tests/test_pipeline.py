@@ -43,3 +43,22 @@ def test_stage_teacher_grows_its_mask_and_reloads_to_go_lower(tmp_path, monkeypa
     assert zeros[0] < zeros[1] < zeros[2] and zeros[3] == zeros[1]
     fresh, _ = real(path, **models.inference_placement(cfg))  # as the stage loads it
     assert fp == models.fingerprint(fresh)
+
+
+def test_label_groups_train_on_the_reference_answer_text_when_there_is_one():
+    from masters import embedded, synthetic
+
+    _, processor = embedded.build("smoke", seed=0)
+    tok = processor.tokenizer
+    split = synthetic.build_split(0, "train", 4)
+    stage = Stage(index=0, teacher="t", teacher_path="unused", ratio=0.0, start=1, stop=3)
+    groups = pipeline.label_groups(split, stage, tok)
+    refs = [synthetic.make_sample(0, "train", i) for i in (1, 2)]
+    assert [g.question_id for g in groups] == [s.id for s in refs]
+    assert [g.answers[0] for g in groups] == [
+        tok(s.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        for s in refs]
+    # A dataset with short labels only (a VQA set): the baseline trains on the label.
+    plain = pipeline.label_groups(split.remove_columns("response"), stage, tok)
+    assert [g.answers[0] for g in plain] == [
+        tok(s.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for s in refs]

@@ -105,7 +105,9 @@ def test_aux_fraction_only_when_asked():
 
 def test_build_split_is_a_dataset_with_images(tmp_path):
     ds = synthetic.build_split(0, "validation", 14)
-    assert ds.column_names == ["id", "image", "question", "answer", "task_type"]
+    assert ds.column_names == ["id", "image", "question", "answer", "response", "task_type"]
+    ref = synthetic.make_sample(0, "validation", 5)
+    assert (ds[5]["answer"], ds[5]["response"]) == (ref.answer, ref.response)
     assert ds[0]["image"].size == (64, 64)
     assert np.array_equal(
         np.asarray(ds[3]["image"]), synthetic.make_sample(0, "validation", 3).image
