@@ -9,6 +9,8 @@
     masters generate   [--config FILE] [--set ...]         sample and cache every stage's answers
     masters promote    --version N [--gated] | --rollback  move the registry's champion alias
     masters config     [--config FILE] [--set ...]         print the resolved config
+    masters plan       [--config FILE] [--set ...]         memory per step and cache size, from
+                                                           each model's config.json (no weights)
     masters serve      [--file prefect.yaml]               serve the deployments, no worker
 """
 
@@ -23,6 +25,16 @@ import sys
 # measured to be too short on 2-core machines (../shared/notes/environment.md).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _positive(cast):
+    def parse(text: str):
+        value = cast(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--gated", action="store_true",
                     help="with --version: only if it passes the promotion gate")
     with_config(sub.add_parser("config", help="print the resolved configuration (no secrets)"))
+    pl = with_config(sub.add_parser("plan", help="size a run before it starts: device memory "
+                                    "per step and the cache's disk size, from each model's "
+                                    "config.json alone (no weights loaded)"))
+    pl.add_argument("--gpu-memory", type=_positive(float), metavar="GIB",
+                    help="memory of one GPU in GiB (default: this machine's CUDA device, "
+                    "else 80)")
+    pl.add_argument("--world-size", type=_positive(int), default=8, metavar="N",
+                    help="training processes (GPUs) for the DDP and sharded rows (default 8)")
+    pl.add_argument("--image-tokens", type=_positive(int), metavar="N",
+                    help="LM tokens per image (default: from each config, or 1024 for "
+                    "dynamic-resolution models)")
+    pl.add_argument("--text-tokens", type=_positive(int), default=32, metavar="N",
+                    help="question + chat template tokens per prompt (default 32)")
     sv = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml "
                         "without a worker (needs PREFECT_API_URL of a Prefect server)")
     sv.add_argument("--file", help="another prefect.yaml")
@@ -113,6 +138,13 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return 2
     if args.command == "config":
         print(json.dumps(cfg.public_dict(), indent=2))
+        return 0
+    if args.command == "plan":
+        from masters import plan
+
+        print(plan.make_plan(cfg, world_size=args.world_size, gpu_memory_gib=args.gpu_memory,
+                             text_tokens=args.text_tokens,
+                             image_tokens=args.image_tokens).render())
         return 0
     if args.command == "bootstrap":
         from flows.bootstrap import bootstrap_flow
