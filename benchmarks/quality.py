@@ -167,7 +167,9 @@ def _prepare_datasets(spec: Spec, rows: list[Row], quick: bool) -> None:
 
     for name in sorted({r.dataset for r in rows if r.dataset}):
         cfg = config_for(spec, next(r for r in rows if r.dataset == name), None, quick)
+        # validation: the learning curve's split (training.eval_every)
         quality_data.write(DATASETS[name], {"train": cfg.data.train_size,
+                                            "validation": cfg.data.validation_size,
                                             "test": cfg.data.test_size})
 
 

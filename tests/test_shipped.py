@@ -45,4 +45,21 @@ def test_family_shape_and_budget():
     assert params["student"] < params["mid"] < params["large"]
     total = sum(p.stat().st_size for p in models.CHECKPOINTS.rglob("*") if p.is_file())
     assert total <= 40 * 2**20
-    assert 1000 <= records["student"]["spec"]["steps"] <= 1300
+    # The teacher the student is distilled from is good; the student was stopped inside its
+    # plateau break (docs/embedded.md): the easy families learnt, the binding ones not yet.
+    assert records["large"]["test_accuracy"] >= 0.95
+    student = records["student"]
+    assert student["spec"]["stop_at"] < student["spec"]["steps"]
+    assert min(student["test_accuracy_per_task"].values()) < 0.5
+    assert records["large"]["test_accuracy"] - student["test_accuracy"] >= 0.2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_models_answer_in_phrases(name):
+    model, processor = models.load(f"embedded:{name}")
+    images, questions, answers, _ = bootstrap.eval_arrays(0, "test", 14)
+    out = evaluation.evaluate_arrays(model, processor, images, questions, answers,
+                                     ["all"] * 14)
+    lengths = [len(processor.tokenizer(p, add_special_tokens=False)["input_ids"])
+               for p in out.predictions]
+    assert min(lengths) >= 4, list(zip(out.predictions, lengths, strict=True))
