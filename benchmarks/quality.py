@@ -259,7 +259,9 @@ def run(quick: bool = False, workers: int | None = None, only: list[str] | None 
                          answers=[r["answers"] for r in rs],
                          per_task={t: [r["per_task"][t] for r in rs] for t in rs[0]["per_task"]},
                          train_s=[r["train_s"] for r in rs], wall_s=[r.get("wall_s") for r in rs],
-                         run_keys=keys)
+                         curves=[r.get("curve") or [] for r in rs],
+                         distill_untied=[r.get("means", {}).get("reward/distill_untied")
+                                         for r in rs], run_keys=keys)
         out_rows.append(entry)
     return {"quick": quick, "seeds": seeds, "base": spec.base, "workers": workers,
             "code_digest": code, "sections": [{k: s[k] for k in ("id", "title", "dataset")}
@@ -280,10 +282,23 @@ def _base_summary(spec: Spec, quick: bool) -> dict:
             "teacher_answers": cfg.generation.teacher_answers,
             "student_answers": cfg.generation.student_answers,
             "max_new_tokens": cfg.generation.max_new_tokens,
+            "warmup_steps": cfg.training.warmup_steps, "lr_decay": cfg.training.lr_decay,
+            "epochs": cfg.training.epochs, "scorer": cfg.eval_scorer()["scorer"],
             "teachers": [f"{t.name} (r_max {t.r_max:g})" for t in cfg.teachers]}
 
 
 # ---- the report ----------------------------------------------------------------------------
+
+
+def _schedule(b: dict) -> str:
+    parts = []
+    if b.get("warmup_steps"):
+        parts.append(f"{b['warmup_steps']} warm-up steps")
+    if b.get("lr_decay", "constant") != "constant":
+        parts.append(f"{b['lr_decay']} decay")
+    if b.get("epochs", 1) > 1:
+        parts.append(f"{b['epochs']} passes over each stage's questions")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def fmt(values: list[float]) -> str:
@@ -355,6 +370,12 @@ def targets(results: dict) -> list[str]:
             ok = d > noise
             out.append(f"- full Masters vs {name}: {d:+.3f} (larger seed std {noise:.3f}): "
                        f"**{'met' if ok else 'missed'}**")
+    shares = [v for v in (full or {}).get("distill_untied") or [] if v is not None]
+    if shares:
+        share = statistics.fmean(shares)
+        out.append(f"- groups whose distillation reward is not tied (full Masters, mean over "
+                   f"training steps and seeds): {share:.1%}; goal: most groups: "
+                   f"**{'met' if share > 0.5 else 'missed'}**")
     topk = _by_name(results, "topk")
     exact = topk.get("whole vocabulary")
     within = []
@@ -380,13 +401,47 @@ def targets(results: dict) -> list[str]:
     return out
 
 
-def markdown(results: dict) -> str:
+def _curve_table(rows: list[dict]) -> list[str]:
+    """Validation accuracy (seed mean) at each recorded step, one line per trained row."""
+    rows = [r for r in rows if any(r.get("curves") or [])]
+    if not rows:
+        return []
+    steps = sorted({p["step"] for r in rows for c in r["curves"] for p in c})
+    out = ["| row | " + " | ".join(str(s) for s in steps) + " |",
+           "|---|" + "---:|" * len(steps)]
+    for r in rows:
+        at = {s: [p["accuracy"] for c in r["curves"] for p in c if p["step"] == s]
+              for s in steps}
+        out.append(f"| {r['name']} | " + " | ".join(
+            f"{statistics.fmean(v):.3f}" if v else "" for v in at.values()) + " |")
+    return out
+
+
+def curve_figure(rows: list[dict], title: str, path: Path) -> bool:
+    """The section's learning curves (seed mean, min-max band) as a PNG; False if none."""
+    from masters import plots
+
+    curves = {r["name"]: r["curves"] for r in rows if any(r.get("curves") or [])}
+    if not curves:
+        return False
+    fig = plots.learning_curves(curves, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plots.close(fig)
+    return True
+
+
+def markdown(results: dict, out_dir: str | Path | None = None) -> str:
+    """The report; with `out_dir` (the report's folder) each section's learning curves are
+    also drawn to `out_dir/docs/images/bench_curves_<section>.png` and linked."""
     b = results["base_config"]
     t = results["timing"]
     lines = [
-        f"Embedded task, test split ({b['test_size']} questions, greedy, exact match). Every "
+        f"Embedded task, test split ({b['test_size']} questions, greedy, scored by "
+        f"`{b.get('scorer', 'phrase_match')}`). Every "
         f"trained row: {b['train_size']} training questions, {b['batch_groups']} questions "
-        f"per step (so the same number of optimizer steps for every row), lr {b['lr']:g}, "
+        f"per step (so the same number of optimizer steps for every row), lr {b['lr']:g}"
+        f"{_schedule(b)}, "
         f"KL beta {b['kl_beta']:g}, JSD weight {b['jsd_weight']:g}, answers of at most "
         f"{b['max_new_tokens']} tokens; default chain {', '.join(b['teachers'])}, "
         f"{b['teacher_answers']} + {b['student_answers']} answers per question. "
@@ -423,6 +478,13 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['name']} | {r['params']:,} | {steps} | {answers} | "
                          f"{fmt(r['accuracy'])} | {kept} | {paper} |")
         lines += ["", "Per question family (mean over seeds):", "", *_family_table(rows)]
+        curve = _curve_table(rows)
+        if curve:
+            lines += ["", "Learning curve: validation accuracy against optimizer steps (mean "
+                      "over seeds):", "", *curve]
+            name = f"docs/images/bench_curves_{sec['id']}.png"
+            if out_dir is not None and curve_figure(rows, sec["title"], Path(out_dir) / name):
+                lines += ["", f"![learning curves: {sec['title']}]({name})"]
         if sec["id"] == "components":
             lines += ["", *_paper_grid(rows)]
     agree = _agreement(results)
@@ -523,7 +585,7 @@ def main(argv=None) -> int:
     results = run(args.quick, args.workers, args.only, args.rows)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
-    print(markdown(results))
+    print(markdown(results, Path(args.json).parent))
     print(f"\n(runs: {estimate(results)})", file=sys.stderr)
     return 0
 

@@ -82,7 +82,10 @@ def main(argv=None) -> int:
         print(f"benchmark: {name} ...", flush=True)
         results[name] = SECTIONS[name].run(**({"quick": args.quick} if quick_ok else {}))
         title = "GPU (bf16)" if name == "gpu" else name
-        parts.append(f"## {title}\n\n{SECTIONS[name].markdown(results[name])}\n")
+        # quality draws its learning curves next to the report
+        md = (quality.markdown(results[name], Path(args.out).parent) if name == "quality"
+              else SECTIONS[name].markdown(results[name]))
+        parts.append(f"## {title}\n\n{md}\n")
     command = ("make bench-quick" if args.quick else "make bench") if not args.only else (
         "python -m benchmarks.run " + " ".join(f"--only {n}" for n in names)
         + (" --quick" if args.quick else ""))

@@ -269,7 +269,7 @@ class MastersTrainer:
     def _advantages(self, groups, teacher, s_logits, mask):
         """Advantages per answer, and (sum, count) of each reward for the logged means."""
         cfg = self.cfg
-        flat_acc, flat_dist, advantages = [], [], []
+        flat_acc, flat_dist, advantages, untied = [], [], [], []
         divergence = (rewards.distillation_divergence(teacher, s_logits, mask, cfg.jsd_beta)
                       if teacher is not None else None)
         i = 0
@@ -279,6 +279,7 @@ class MastersTrainer:
             if divergence is not None and cfg.distill_reward:
                 d = divergence[i : i + n].tolist()
                 dist = rewards.reverse_min_max(d) if cfg.distill_minmax else [-x for x in d]
+                untied.append(float(max(dist) > min(dist)))
             else:
                 dist = [0.0] * n
             advantages += rewards.group_advantages(rewards.total_reward(acc, dist))
@@ -289,6 +290,9 @@ class MastersTrainer:
                 "reward/distill": (float(np.sum(flat_dist)), len(flat_dist))}
         if divergence is not None:
             sums["reward/divergence"] = (float(divergence.sum()), len(divergence))
+        if divergence is not None and cfg.distill_reward:  # share of groups whose
+            # R_distill ranks its answers at all (all tied: the reward is 0 for each)
+            sums["reward/distill_untied"] = (float(np.sum(untied)), len(untied))
         return torch.tensor(advantages), sums
 
     def train_stage(self, stage: Stage, groups: Sequence[Group]) -> list[StepResult]:

@@ -58,7 +58,8 @@ def test_markdown_and_targets_from_fake_results():
                      200_000),
                  row("components", "naive distillation", acc["naive distillation"], 200_000,
                      75.8),
-                 row("components", "full Masters", acc["full Masters"], 200_000, 80.0)],
+                 {**row("components", "full Masters", acc["full Masters"], 200_000, 80.0),
+                  "distill_untied": [0.9, 0.8, None]}],
         "base_config": {"train_size": 8, "test_size": 4, "batch_groups": 2, "lr": 1e-4,
                         "kl_beta": 0.1, "jsd_weight": 1.0, "teacher_answers": 4,
                         "student_answers": 4, "max_new_tokens": 4,
@@ -73,8 +74,40 @@ def test_markdown_and_targets_from_fake_results():
     assert "vs naive distillation: +0.100" in lines[0] and "**met**" in lines[0]
     assert "**met**" in lines[1]  # +0.057 over label training, stds ~0.006
     retention = 0.71 / 0.98
-    assert f"retention (full Masters / large teacher) {retention:.3f}" in lines[3]
-    assert "**missed**" in lines[3]  # 0.724 < 0.9
+    assert f"retention (full Masters / large teacher) {retention:.3f}" in lines[4]
+    assert "**missed**" in lines[4]  # 0.724 < 0.9
+    assert "not tied (full Masters, mean over training steps and seeds): 85.0%" in lines[3]
+    assert "**met**" in lines[3]
+
+
+def test_markdown_tabulates_and_draws_the_learning_curves(tmp_path):
+    def curve(*acc):
+        return [{"step": s, "accuracy": a} for s, a in zip((0, 64, 128), acc, strict=True)]
+
+    rows = [{"section": "components", "name": "naive distillation", "accuracy": [0.7, 0.8],
+             "params": 10, "paper": None, "per_task": {"count": [0.7, 0.8]},
+             "curves": [curve(0.6, 0.7, 0.7), curve(0.6, 0.8, 0.9)]},
+            {"section": "components", "name": "initial student", "accuracy": [0.6],
+             "params": 10, "paper": None, "per_task": {"count": [0.6]}, "model": "x"}]
+    results = {"quick": False, "seeds": [0, 1], "workers": 1,
+               "sections": [{"id": "components", "title": "Table 5(d)", "dataset": None}],
+               "rows": rows,
+               "base_config": {"train_size": 8, "test_size": 4, "batch_groups": 2, "lr": 3e-4,
+                               "warmup_steps": 20, "lr_decay": "cosine", "epochs": 2,
+                               "kl_beta": 0.1, "jsd_weight": 1.0, "teacher_answers": 4,
+                               "student_answers": 4, "max_new_tokens": 12,
+                               "teachers": ["large (r_max 0.2)"]},
+               "timing": {"total_s": 6.0, "generation_s": 1.0, "training_s": 4.0,
+                          "runs_total": 2, "runs_done": 2}}
+    md = quality.markdown(results, tmp_path)
+    assert "lr 0.0003 (20 warm-up steps, cosine decay, 2 passes" in md
+    assert "| row | 0 | 64 | 128 |" in md
+    assert "| naive distillation | 0.600 | 0.750 | 0.800 |" in md  # seed means
+    assert "initial student |" not in md.split("Learning curve")[1]  # untrained: no curve
+    figure = tmp_path / "docs/images/bench_curves_components.png"
+    assert figure.stat().st_size > 0
+    assert "](docs/images/bench_curves_components.png)" in md
+    assert "bench_curves" not in quality.markdown(results)  # no folder: no figure
 
 
 def test_engine_run_spans_the_lr_schedule_and_draws_the_curve(tmp_path, checkpoints):

@@ -324,3 +324,20 @@ def test_learning_curves_plot_mean_and_seed_band():
     assert lines == {"label": [0.5, 0.7], "masters": pytest.approx([0.5, 0.8])}
     assert len(ax.collections) == 1  # the band: only the method with several seeds
     plots.close(fig)
+
+
+def test_share_of_groups_with_an_untied_distillation_reward(monkeypatch):
+    from types import SimpleNamespace
+
+    from masters import rewards
+
+    # group 1: four equal divergences (R_distill all 0); group 2: four distinct ones
+    div = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.1, 0.4, 0.3, 0.2])
+    monkeypatch.setattr(rewards, "distillation_divergence", lambda *a: div)
+    groups = [SimpleNamespace(answers=[[1]] * 4, accuracy=[1.0, 0.0, 1.0, 0.0])] * 2
+    trainer = SimpleNamespace(cfg=TrainingConfig())
+    _, sums = training.MastersTrainer._advantages(trainer, groups, object(), None, None)
+    assert sums["reward/distill_untied"] == (1.0, 2)
+    trainer.cfg = TrainingConfig(distill_reward=False)
+    _, sums = training.MastersTrainer._advantages(trainer, groups, object(), None, None)
+    assert "reward/distill_untied" not in sums
