@@ -167,6 +167,19 @@ class TrainingConfig(Section):
     jsd_weight: float = Field(1.0, ge=0.0, description="weight of the JSD distillation loss")
     jsd_beta: float = Field(0.5, ge=0.0, le=1.0, description="0.5 = symmetric JSD")
     batch_groups: int = Field(4, ge=1, description="questions (groups of G answers) per step")
+    # Memory switches (docs/training.md, "Memory at real size"). The last two change what a
+    # step holds at once, not what it computes (micro-batches: up to float summation order).
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="the student's forward: bf16 = bfloat16 autocast on CUDA over "
+        "float32 weights, gradients and AdamW state; fp32 = no autocast; auto = bf16 on a "
+        "CUDA device that supports it, else fp32 (bf16 elsewhere is refused)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each block's activations in backward instead of "
+        "keeping them (less memory, one more forward per step)")
+    micro_batch_groups: int | None = Field(
+        None, ge=1, description="groups per forward/backward; their gradients accumulate "
+        "into one optimizer step of batch_groups (same loss and gradient). None: a rank's "
+        "whole share at once")
     accuracy_reward: bool = True
     distill_reward: bool = True
     distill_minmax: bool = Field(True, description="reverse min-max within the group")
@@ -319,7 +332,8 @@ class MastersConfig(BaseSettings):
     device: str = "auto"
     # Weights of every model the run only reads: teachers, the judge, the student while it
     # answers or is evaluated. auto = bfloat16 on a CUDA device that supports it, else float32.
-    # The student being trained keeps float32 master weights whatever this says.
+    # The student being trained keeps float32 master weights whatever this says
+    # (training.precision: bf16 autocast of its forward on CUDA).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     data: DataConfig = DataConfig()
     student: ModelRef = ModelRef(path="embedded:student")

@@ -33,10 +33,10 @@ DEFAULT_TEXT_TOKENS = 32  # question + chat template around it
 LOSS_COPIES = 9  # float32 (rows, answer tokens, vocab) tensors the losses keep (measured)
 ADAMW_BYTES = 8  # exp_avg + exp_avg_sq, float32
 PRECISIONS = ("fp32", "bf16-mixed")
-# masters.training.answer_logits runs the LM head over every position, then picks the answer
-# positions: the (rows, sequence, vocab) logits are kept for backward. Set False once training
-# computes logits at answer positions only.
-TRAINING_FULL_LOGITS = True
+# Whether training's logits span every position (rows, sequence, vocab). False:
+# masters.training.answer_logits passes logits_to_keep, so the LM head runs at the answer
+# positions only and its output is (rows, answer tokens, vocab).
+TRAINING_FULL_LOGITS = False
 # One JSON line per answer (masters.generation) without its token ids and text, and one score
 # line (masters.scoring), measured on the embedded cache; a cache object's frame header
 # (masters.cache.frame) and a distributions blob's safetensors header.
@@ -185,8 +185,8 @@ def prefill_bytes(shape: Shape, rows: int, tokens: int, dtype_bytes: int) -> int
 
 
 def forcing_logits_bytes(shape: Shape, rows: int, tokens: int, dtype_bytes: int) -> int:
-    """Teacher forcing (masters.distributions.attach): full logits rows x tokens x vocab x
-    bytes, the model's output before the answer positions are picked."""
+    """Teacher forcing (masters.distributions.attach): logits rows x tokens x vocab x bytes,
+    `tokens` = the answer positions (training.answer_logits runs the LM head there only)."""
     return rows * tokens * shape.vocab * dtype_bytes
 
 
@@ -353,7 +353,7 @@ def make_plan(cfg: MastersConfig, *, world_size: int = 8, gpu_memory_gib: float 
                                                         prompt(s) + gen.max_new_tokens, dbytes)
                                + prefill_bytes(s, rows, prompt(s), dbytes))
         f_rows, f_tokens = max(1, gen.batch_size // 8) * group, prompt(t) + answer
-        forcing = forcing_logits_bytes(t, f_rows, f_tokens, dbytes) + \
+        forcing = forcing_logits_bytes(t, f_rows, answer, dbytes) + \
             prefill_bytes(t, f_rows, f_tokens, dbytes)
         plan.generate.append(Row(t.name, {"teacher": tw, "student": sw, "sampling": sampling,
                                           "forcing": forcing},
@@ -439,7 +439,7 @@ def render(plan: Plan) -> str:
                   [[r.label, fmt_bytes(r.parts["weights"]), fmt_bytes(r.parts["mask"]),
                     fmt_bytes(r.total), _yes(plan, r.total)] for r in plan.prune])
     out += ["", "generate: teacher + student weights + max(sampling: KV cache + prefill, "
-            "teacher forcing: full logits + one layer)"]
+            "teacher forcing: answer logits + one layer)"]
     out += _table(["teacher", "weights", "student", "sampling", "forcing", "peak", "fits"],
                   [[r.label, *(fmt_bytes(r.parts[k]) for k in ("teacher", "student",
                                                                "sampling", "forcing")),

@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--groups", type=int, default=10)
     p.add_argument("--answers", type=int, default=4)
     p.add_argument("--batch-groups", type=int, default=2)
+    p.add_argument("--micro-batch-groups", type=int, default=None,
+                   help="groups per forward/backward (gradient accumulation); default: all")
     p.add_argument("--objective", choices=["masters", "supervised"], default="masters")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.out is None:
             p.error("--synthetic needs --out")
         cfg = TrainingConfig(lr=args.lr, batch_groups=args.batch_groups, seed=args.seed,
-                             objective=args.objective)
+                             objective=args.objective,
+                             micro_batch_groups=args.micro_batch_groups)
         return run_synthetic(args.out, cfg, args.groups, args.answers,
                              dtype=getattr(torch, args.dtype), ragged=args.ragged,
                              student_shape=args.student_shape,

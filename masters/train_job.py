@@ -11,12 +11,17 @@ from masters.progress import Progress
 from masters.schedule import build_schedule
 from masters.tracking import BufferedMetrics, Tracker
 
+# Training settings that do not name a run: where it writes, and the memory switches that
+# change what a step holds, not what it computes (docs/training.md), so a run that ran out of
+# memory resumes its checkpoints with a smaller micro-batch or with checkpointing on.
+NOT_IN_RUN_KEY = {"output_dir", "micro_batch_groups", "gradient_checkpointing"}
+
 
 def run_key(manifests: list[dict], scores: list[dict], cfg) -> str:
     """Names the training run by its inputs, so a re-run resumes the same checkpoints."""
     parts = {"answers": [s["key"] for m in manifests for s in m["shards"]],
              "scores": [s["score_key"] for sc in scores for s in sc["scores"]],
-             "training": cfg.training.model_dump(mode="json", exclude={"output_dir"}),
+             "training": cfg.training.model_dump(mode="json", exclude=NOT_IN_RUN_KEY),
              "student": manifests[0]["student_fingerprint"] if manifests else None}
     return cache.content_key("train", parts).split("/", 1)[1]
 
@@ -25,7 +30,7 @@ def label_run_key(cfg, student_fingerprint: str) -> str:
     """Supervised runs have no answers or scores: named by data, schedule and student."""
     parts = {"labels": cfg.data.model_dump(mode="json"),
              "schedule": [[t.name, t.r_max, t.step] for t in cfg.teachers],
-             "training": cfg.training.model_dump(mode="json", exclude={"output_dir"}),
+             "training": cfg.training.model_dump(mode="json", exclude=NOT_IN_RUN_KEY),
              "student": student_fingerprint}
     return cache.content_key("train", parts).split("/", 1)[1]
 

@@ -20,6 +20,7 @@ baselines are switch settings (rewards off: every advantage is 0, only KL + JSD 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -105,12 +106,24 @@ def encode_answers(processor, groups: Sequence[Group], device) -> Encoded:
 def answer_logits(model, enc: Encoded, vocab: int) -> torch.Tensor:
     """Logits predicting each answer token, (B, A, vocab): position start - 1 + j -> token j.
 
-    Rows beyond the tokenizer's `vocab` (padded embedding rows) are dropped."""
-    logits = model(**inputs.to_model(enc.inputs, model)).logits
-    span = torch.arange(enc.targets.shape[1], device=logits.device)
-    pos = (enc.starts.to(logits.device).unsqueeze(1) - 1 + span).clamp(max=logits.shape[1] - 1)
-    picked = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    return upcast(picked[..., :vocab]).to(enc.targets.device)
+    The LM head runs at those positions only: a (B, A) `logits_to_keep` index, by which every
+    supported family's forward gathers its last hidden states before its head. The whole
+    (B, L, vocab) logits, the largest tensor of a step at a 150K vocabulary, are never built.
+    Positions past an answer's end repeat the last position (their targets are masked). Rows
+    beyond the tokenizer's `vocab` (padded embedding rows) are dropped."""
+    batch = inputs.to_model(enc.inputs, model)
+    ids = batch["input_ids"]
+    span = torch.arange(enc.targets.shape[1], device=ids.device)
+    pos = (enc.starts.to(ids.device).unsqueeze(1) - 1 + span).clamp(max=ids.shape[1] - 1)
+    # use_cache=False: a training or teacher-forcing forward never decodes further, and a
+    # KV cache would keep every layer's keys and values alive past a checkpointed block.
+    logits = model(**batch, logits_to_keep=pos, use_cache=False).logits
+    if logits.shape[:2] != pos.shape:  # a forward that ignores logits_to_keep (remote code)
+        raise TrainingError(
+            f"{type(distributed.unwrap(model)).__name__} returned logits of shape "
+            f"{tuple(logits.shape)} for logits_to_keep of shape {tuple(pos.shape)}: its forward "
+            "must slice its hidden states by logits_to_keep (transformers' models do)")
+    return upcast(logits[..., :vocab]).to(enc.targets.device)
 
 
 def shared_vocab(student_processor, teacher_processor) -> int:
@@ -139,6 +152,19 @@ def cached_targets(groups: Sequence[Group], width: int):
     return distributions.batch(dists, width)
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the student's forward runs under bfloat16 autocast (`training.precision`).
+
+    Its weights, gradients and AdamW state stay float32 either way: AdamW on bf16 weights
+    loses updates smaller than bf16's resolution. CPU training is float32, as it always was."""
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not supported:
+        raise TrainingError(
+            f"training.precision='bf16' needs a CUDA device with bfloat16 support; the student "
+            f"is on {device}. Use 'auto' (bf16 where supported, else fp32) or 'fp32'")
+    return precision == "bf16" or (precision == "auto" and supported)
+
+
 @dataclass
 class StepResult:
     terms: dict[str, float]
@@ -151,6 +177,8 @@ class MastersTrainer:
     Under torchrun / accelerate (WORLD_SIZE > 1) every rank holds the whole global batch of
     `batch_groups` groups and trains on its share (`distributed.shard`); DDP averages the
     gradients and each rank's loss is scaled so the average is the one-process gradient.
+    A rank's share goes through forward and backward `micro_batch_groups` groups at a time,
+    accumulating into one optimizer step.
     """
 
     def __init__(self, student, processor, cfg: TrainingConfig, *,
@@ -179,6 +207,13 @@ class MastersTrainer:
             raise TrainingError(
                 f"training.batch_groups={self.cfg.batch_groups} is not divisible by the "
                 f"{self.world} processes: each rank must get the same share of a global batch")
+        self.bf16 = use_bf16(self.cfg.precision, self.device)
+        if self.cfg.gradient_checkpointing:
+            # transformers 5's name (gradient_checkpointing_enable is its deprecated alias).
+            # Non-reentrant checkpointing needs no input that requires grad and works under
+            # DDP and autocast; it recomputes each decoder / vision block during backward.
+            self.student.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
         self.model = distributed.wrap(self.student)  # forward through DDP: it syncs grads
         self.opt = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr,
                                      weight_decay=self.cfg.weight_decay)
@@ -186,25 +221,36 @@ class MastersTrainer:
 
     def loss_step(self, groups: Sequence[Group], stage: Stage,
                   share: float = 1.0) -> StepResult:
-        """One optimizer step on `groups`, this rank's `share` of the global batch's answers."""
-        enc = encode_answers(self.processor, groups, self.device)
-        mask = enc.targets >= 0
-        if self.cfg.objective == "supervised":
-            s_logits = answer_logits(self.model, enc, self.vocab)
-            terms = {"sft": sft_loss(token_logprobs(s_logits, enc.targets), mask)}
-            terms["loss"], sums = terms["sft"], {}
-        else:
-            terms, sums = self._masters_terms(groups, enc, mask)
+        """One optimizer step on `groups`, this rank's `share` of the global batch's answers,
+        in micro-batches of `micro_batch_groups` whole groups (advantages and the distillation
+        reward are per group) whose gradients accumulate."""
+        size = self.cfg.micro_batch_groups or len(groups)
+        parts = [groups[i : i + size] for i in range(0, len(groups), size)]
+        answers = sum(len(g.answers) for g in groups)
+        self.opt.zero_grad(set_to_none=True)
+        terms: dict[str, float] = {}
+        sums: dict[str, tuple[float, int]] = {}
+        for i, part in enumerate(parts):
+            # Every term is a mean over answers, so parts weighted by their share of the
+            # rank's answers (not 1 / parts: groups differ in size) sum to the mean over all
+            # of them: the loss and gradient of one forward of every group. share x world:
+            # DDP averages the ranks' gradients (docs/training.md).
+            weight = sum(len(g.answers) for g in part) / answers
+            with self._accumulating(last=i == len(parts) - 1):
+                part_terms, part_sums = self._terms(part)
+                (part_terms["loss"] * (weight * share * self.world)).backward()
+            for k, v in part_terms.items():
+                terms[k] = terms.get(k, 0.0) + weight * v.item()
+            for k, (total, count) in part_sums.items():
+                before = sums.get(k, (0.0, 0))
+                sums[k] = (before[0] + total, before[1] + count)
         logged, stats = self._global_means(terms, sums, share)
-        if not np.isfinite(logged["loss"]):
+        if not np.isfinite(logged["loss"]):  # before the update: the weights stay finite
             raise TrainingError(
                 f"non-finite loss {logged['loss']} at step {self.step} (stage "
                 f"{stage.index}, teacher {stage.teacher}, ratio {stage.ratio}); the last "
                 "finished stage's checkpoint is intact"
             )
-        self.opt.zero_grad(set_to_none=True)
-        loss = terms["loss"] * (share * self.world) if self.world > 1 else terms["loss"]
-        loss.backward()
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
         for group in self.opt.param_groups:
@@ -235,12 +281,35 @@ class MastersTrainer:
                               **{f"val/accuracy/{k}": v
                                  for k, v in res.get("per_task", {}).items()}}, self.step)
 
+    def _accumulating(self, last: bool):
+        """DDP all-reduces gradients in every backward: all but a step's last micro-batch
+        skip that (no_sync), so each step reduces once, the accumulated sum."""
+        if last or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _student_logits(self, enc: Encoded) -> torch.Tensor:
+        # Autocast covers the forward only: answer_logits returns float32 logits and the
+        # losses, the softmaxes included, run in float32 outside it.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return answer_logits(self.model, enc, self.vocab)
+
+    def _terms(self, groups: Sequence[Group]):
+        """Loss terms (tensors; `loss` is the one to back-propagate) and reward (sum, count)
+        pairs of one micro-batch."""
+        enc = encode_answers(self.processor, groups, self.device)
+        mask = enc.targets >= 0
+        if self.cfg.objective == "supervised":
+            sft = sft_loss(token_logprobs(self._student_logits(enc), enc.targets), mask)
+            return {"sft": sft, "loss": sft}, {}
+        return self._masters_terms(groups, enc, mask)
+
     def _masters_terms(self, groups, enc, mask):
         cfg = self.cfg
         teacher = ref = None
         if cfg.jsd_weight or cfg.distill_reward or cfg.kl_beta:
             teacher, ref = cached_targets(groups, enc.targets.shape[1])
-        s_logits = answer_logits(self.model, enc, self.vocab)
+        s_logits = self._student_logits(enc)
         adv, sums = self._advantages(groups, teacher, s_logits.detach(), mask)
         terms = masters_loss(
             s_logits, teacher, ref, enc.targets, mask, adv.to(self.device),
@@ -256,7 +325,7 @@ class MastersTrainer:
         """
         names, stat_names = sorted(terms), sorted(sums)
         active = 1.0 if share > 0 else 0.0
-        vec = torch.tensor([terms[k].item() * share for k in names]
+        vec = torch.tensor([terms[k] * share for k in names]
                            + [v * active for k in stat_names for v in sums[k]],
                            dtype=torch.float64)
         vec = distributed.all_reduce_sum(vec).tolist()

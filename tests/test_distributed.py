@@ -33,36 +33,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(out: Path, nproc: int) -> None:
+def _torchrun(out: Path, nproc: int, args: list[str] = ARGS) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "masters.train_entry", *ARGS, "--out", str(out)]
+           "-m", "masters.train_entry", *args, "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
-def test_two_processes_reproduce_one(tmp_path):
-    train_entry.main([*ARGS, "--out", str(tmp_path / "one")])  # plain python, world size 1
-    _torchrun(tmp_path / "two", 2)
-    one = json.loads((tmp_path / "one" / "losses.json").read_text())
-    two = json.loads((tmp_path / "two" / "losses.json").read_text())
-    assert (one["world_size"], two["world_size"]) == (1, 2)
-    assert len(one["steps"]) == len(two["steps"]) == 6  # logged once (rank 0), globally
-    for a, b in zip(one["steps"], two["steps"], strict=True):
+def _same_run(one: Path, two: Path, steps: int) -> None:
+    """Every logged loss and every final weight of run `two` equal run `one`'s."""
+    a_log = json.loads((one / "losses.json").read_text())
+    b_log = json.loads((two / "losses.json").read_text())
+    assert (a_log["world_size"], b_log["world_size"]) == (1, 2)
+    assert len(a_log["steps"]) == len(b_log["steps"]) == steps  # logged once (rank 0)
+    for a, b in zip(a_log["steps"], b_log["steps"], strict=True):
         assert a.keys() == b.keys()
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-9), (a["step"], k)
-    w1 = torch.load(tmp_path / "one" / "student.pt", weights_only=True)
-    w2 = torch.load(tmp_path / "two" / "student.pt", weights_only=True)
+    w1 = torch.load(one / "student.pt", weights_only=True)
+    w2 = torch.load(two / "student.pt", weights_only=True)
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-9, msg=k)
+
+
+def test_two_processes_reproduce_one(tmp_path):
+    train_entry.main([*ARGS, "--out", str(tmp_path / "one")])  # plain python, world size 1
+    _torchrun(tmp_path / "two", 2)
+    _same_run(tmp_path / "one", tmp_path / "two", 6)
     # Rank 0 alone wrote each stage's checkpoint, whole (no torn .tmp folder left).
     ckpts = tmp_path / "two" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["stage-000", "stage-001"]
     assert torch.load(ckpts / "stage-001" / "trainer_state.pt", weights_only=True)["optimizer"]
+
+
+def test_two_processes_with_micro_batches_reproduce_one_batch(tmp_path):
+    """Each rank's 2 groups of a 4-group batch in micro-batches of 1 (DDP's no_sync on the
+    first, one gradient all-reduce per step) equal one process taking all 4 at once; each
+    stage's short last batch (1 group) leaves rank 1 idle, with one micro-batch."""
+    args = ["--synthetic", "--dtype", "float64", "--groups", "10", "--batch-groups", "4",
+            "--answers", "4", "--ragged", "--lr", "1e-3"]
+    train_entry.main([*args, "--out", str(tmp_path / "one")])
+    _torchrun(tmp_path / "two", 2, [*args, "--micro-batch-groups", "1"])
+    _same_run(tmp_path / "one", tmp_path / "two", 4)
 
 
 def test_shard_takes_every_world_th_group():

@@ -118,3 +118,27 @@ def test_family_forced_batch_matches_one_prompt_at_a_time(family, family_root):
                 alone = training.answer_logits(model, one, vocab)[0, : len(a)]
                 assert torch.allclose(batch[row, : len(a)], alone, atol=1e-4), (family, row)
                 row += 1
+
+
+@pytest.mark.parametrize("family", list(families.FAMILIES))
+def test_family_answer_logits_equal_the_full_logits(family, family_root):
+    """The LM head at the answer positions only (`logits_to_keep`) gives the logits that the
+    whole (B, L, vocab) output holds there, on a batch with padding and mixed image sizes."""
+    model, processor = models.load(_pair(family, family_root)["teacher"])
+    tok = processor.tokenizer
+    vocab = len(tok.get_vocab())
+    samples = [synthetic.make_sample(0, "train", i) for i in range(2)]
+    images = [np.asarray(Image.fromarray(samples[0].image).resize((48, 32))), samples[1].image]
+    answers = [[tok("red circle", add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
+                [tok.eos_token_id]], [[tok.eos_token_id]]]
+    enc = training.encode_answers(processor, [
+        training.Group(s.id, im, s.question, a, [None] * len(a))
+        for s, im, a in zip(samples, images, answers, strict=True)], "cpu")
+    with torch.no_grad():
+        got = training.answer_logits(model, enc, vocab)
+        full = model(**inputs.to_model(enc.inputs, model)).logits
+    pos = (enc.starts.unsqueeze(1) - 1 + torch.arange(enc.targets.shape[1])).clamp(
+        max=full.shape[1] - 1)
+    want = full.gather(1, pos.unsqueeze(-1).expand(-1, -1, full.shape[-1]))[..., :vocab]
+    assert got.shape == want.shape == (3, enc.targets.shape[1], vocab)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -128,11 +128,13 @@ def test_formulas_match_a_hand_computation(tiny_llava):
     # Activations, float32, 2 sequences of 10 tokens with 3 answer tokens. Per text token and
     # layer: norms 6 x 16, q 16, k + v 2 x 8, attention output 16, MLP 4 x 40 = 304; + 4 x 16
     # outside the layers. Vision: 4 patches per image, per layer 8 x 8 + 2 x 8 + 3 x 12 = 116,
-    # + 4 x 8; pixels 3072 per image. Logits 10 positions x 74 + 9 loss copies x 3 x 74 (fp32).
+    # + 4 x 8; pixels 3072 per image. Logits at the 3 answer positions x 74 (the LM head runs
+    # there only) + 9 loss copies x 3 x 74 (fp32).
+    assert not plan.TRAINING_FULL_LOGITS
     a = plan.activation_bytes(s, 2, 10, 3, 4, checkpointing=False)
     assert a == {"text": 2 * 10 * (2 * 304 + 64) * 4,
                  "vision": 2 * 4 * (116 + 32) * 4 + 2 * 3072 * 4,
-                 "logits": 2 * 74 * (10 * 4 + 9 * 3 * 4), "recompute": 0}
+                 "logits": 2 * 74 * (3 * 4 + 9 * 3 * 4), "recompute": 0}
     c = plan.activation_bytes(s, 2, 10, 3, 4, checkpointing=True)
     assert c["text"] == 2 * 10 * (2 * 16 + 64) * 4  # each layer's input only
     assert c["vision"] == 2 * 4 * (8 + 32) * 4 + 2 * 3072 * 4

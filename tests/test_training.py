@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from masters import distributed, distributions, embedded, losses, training
+from masters import distributed, distributions, embedded, inputs, losses, models, training
 from masters.config import TeacherConfig, TrainingConfig, load_config
 from masters.generation import LoadedModel
 from masters.masking import MaskedTeacher
@@ -166,6 +166,160 @@ def test_incompatible_tokenizers_are_refused(family):
     other.tokenizer.add_tokens(["zebra"])
     with pytest.raises(training.TrainingError, match="tokenizers differ"):
         training.shared_vocab(processor, other)
+
+
+# ---- real-size switches: logits at answer positions, checkpointing, micro-batches, bf16 ----
+
+
+def full_logits_at_answers(model, enc, vocab):
+    """The computation answer_logits replaced: the LM head over every position, then the
+    answer positions picked out of the (B, L, vocab) logits."""
+    logits = model(**inputs.to_model(enc.inputs, model)).logits
+    pos = (enc.starts.unsqueeze(1) - 1 + torch.arange(enc.targets.shape[1])).clamp(
+        max=logits.shape[1] - 1)
+    return logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))[..., :vocab]
+
+
+@pytest.mark.parametrize("name", ["smoke", "embedded:student"])
+def test_answer_logits_equal_the_full_logits_at_answer_positions(name):
+    """Answers of unequal length (padding positions included) on a random smoke model and
+    the shipped student."""
+    if name == "smoke":
+        model, processor = embedded.build("smoke", seed=1)
+    else:
+        model, processor = models.load(name)
+    vocab = len(processor.tokenizer.get_vocab())
+    enc = training.encode_answers(processor, _groups(processor, n=3, ragged=True), "cpu")
+    assert (enc.targets < 0).any()  # some rows are padded past their answer
+    with torch.no_grad():
+        got = training.answer_logits(model.eval(), enc, vocab)
+        want = full_logits_at_answers(model, enc, vocab)
+    assert got.shape == want.shape == (*enc.targets.shape, vocab)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _cached_groups(student, teacher, processor, n=3, labels=False):
+    """Ragged groups (4, 3, 4 answers) with the teacher's and reference's cached
+    distributions, as generation leaves them."""
+    groups = _groups(processor, n=n, labels=labels, ragged=True)
+    if not labels:
+        distributions.attach(LoadedModel(teacher, processor),
+                             LoadedModel(copy.deepcopy(student).eval(), processor), groups,
+                             top_k=0)
+    return groups
+
+
+def _one_step(student, processor, groups, **cfg):
+    """One optimizer step; (logged terms, gradients, updated weights)."""
+    trainer = training.MastersTrainer(student, processor, TrainingConfig(lr=1e-3, **cfg))
+    trainer.setup()
+    res = trainer.loss_step(groups, build_schedule(
+        [TeacherConfig(name="t", path="unused", r_max=0.0)], len(groups))[0])
+    grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    return res.terms, grads, {n: p.detach().clone() for n, p in student.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    student, teacher, processor = family
+    groups = _cached_groups(student, teacher, processor)
+    calls = []
+    plain, ckpt = copy.deepcopy(student), copy.deepcopy(student)
+    for model in (plain, ckpt):  # a module inside a checkpointed block runs again in backward
+        # (a pre-hook: torch stops a recompute once the saved tensors are back, before the
+        # block's last module returns)
+        model.model.language_model.layers[0].mlp.register_forward_pre_hook(
+            lambda *a, m=model: calls.append(m is ckpt))
+    terms_a, grads_a, _ = _one_step(plain, processor, groups)
+    terms_b, grads_b, _ = _one_step(ckpt, processor, groups, gradient_checkpointing=True)
+    assert calls.count(False) == 1 and calls.count(True) == 2  # forward + recompute
+    assert terms_a == pytest.approx(terms_b, rel=1e-6, abs=1e-9)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    for n in grads_a:
+        torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("objective", ["masters", "supervised"])
+def test_micro_batches_give_the_step_of_one_batch(family, objective, dtype):
+    """micro_batch_groups=1 over groups of 4, 3 and 4 answers (weights 4/11, 3/11, 4/11,
+    which an unweighted mean of micro-batch losses would get wrong) takes the optimizer step
+    of one forward over all three groups: same logged terms, gradients and new weights.
+
+    float64 shows the equality (measured: gradients and weights within 2e-15). In float32
+    the gradients differ by summation-order noise (measured 3e-6 at most, against gradients
+    up to 0.17); the new weights are not compared there, because AdamW's first step
+    (g / |g|) turns that noise in near-zero gradients into differences of up to 2 x lr."""
+    student, teacher, processor = family
+    student, teacher = student.to(dtype), teacher.to(dtype)
+    groups = _cached_groups(student, teacher, processor, labels=objective == "supervised")
+    if objective == "masters":
+        assert [len(g.answers) for g in groups] == [4, 3, 4]
+    whole = _one_step(copy.deepcopy(student), processor, groups, objective=objective)
+    micro = _one_step(copy.deepcopy(student), processor, groups, objective=objective,
+                      micro_batch_groups=1)
+    exact = dtype == torch.float64
+    assert micro[0] == pytest.approx(whole[0], rel=1e-12 if exact else 1e-5, abs=1e-8)
+    tol = dict(rtol=1e-10, atol=1e-13) if exact else dict(rtol=1e-4, atol=1e-5)
+    compared = [1, 2] if exact else [1]  # gradients, new weights
+    for i in compared:
+        assert micro[i].keys() == whole[i].keys()
+        for n in whole[i]:
+            torch.testing.assert_close(micro[i][n], whole[i][n], **tol, msg=n)
+
+
+def test_bf16_precision_needs_a_cuda_device(family, monkeypatch):
+    student, _, processor = family
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    trainer = training.MastersTrainer(student, processor, TrainingConfig(precision="bf16"))
+    with pytest.raises(training.TrainingError, match="precision='bf16' needs a CUDA device"):
+        trainer.setup()
+    assert not training.use_bf16("auto", cpu) and not training.use_bf16("fp32", cpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert training.use_bf16("auto", cuda) and training.use_bf16("bf16", cuda)
+    assert not training.use_bf16("fp32", cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert not training.use_bf16("auto", cuda)  # e.g. a V100: float32
+    with pytest.raises(training.TrainingError, match="bfloat16 support"):
+        training.use_bf16("bf16", cuda)
+
+
+def test_bf16_autocast_keeps_float32_weights_grads_and_losses(family):
+    """The bf16 path on the CPU's autocast (on CUDA it is the same code with device_type
+    cuda): the LM head computes in bfloat16, the weights, gradients, AdamW state and the
+    loss stay float32, and the loss is the float32 loss to bf16 accuracy."""
+    student, teacher, processor = family
+    groups = _cached_groups(student, teacher, processor)
+    fp32 = _one_step(copy.deepcopy(student), processor, groups)
+    model = copy.deepcopy(student)
+    head = []
+    model.lm_head.register_forward_hook(lambda m, i, out: head.append(out.dtype))
+    trainer = training.MastersTrainer(model, processor, TrainingConfig(lr=1e-3))
+    trainer.setup()
+    trainer.bf16 = True  # what setup resolves on a CUDA device with bf16 support
+    res = trainer.loss_step(groups, build_schedule(
+        [TeacherConfig(name="t", path="unused", r_max=0.0)], len(groups))[0])
+    assert head == [torch.bfloat16]
+    assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
+               for p in model.parameters())
+    assert all(v.dtype == torch.float32 for st in trainer.opt.state.values()
+               for v in st.values() if v.ndim)
+    assert res.terms["loss"] == pytest.approx(fp32[0]["loss"], rel=0.05)
+
+
+def test_memory_switches_do_not_rename_the_training_run():
+    """A run that ran out of memory resumes with a smaller micro-batch or checkpointing on;
+    precision changes the numbers, so it names another run."""
+    from masters.train_job import label_run_key, run_key
+
+    manifests = [{"shards": [{"key": "shards/a"}], "student_fingerprint": "s"}]
+    scores = [{"scores": [{"score_key": "scores/a"}]}]
+    base = load_config()
+    same = load_config(overrides=["training.micro_batch_groups=1",
+                                  "training.gradient_checkpointing=true"])
+    other = load_config(overrides=["training.precision=fp32"])
+    key = run_key(manifests, scores, base)
+    assert run_key(manifests, scores, same) == key != run_key(manifests, scores, other)
+    assert label_run_key(same, "s") == label_run_key(base, "s") != label_run_key(other, "s")
 
 
 # ---- baselines ------------------------------------------------------------------------
