@@ -83,10 +83,10 @@ def distill_flow(params: DistillParams = DistillParams(), config: dict | None = 
         targets = [("distilled", trained["student_path"], cfg.student.trust_remote_code, None),
                    ("student", cfg.student.path, cfg.student.trust_remote_code,
                     cfg.student.processor)]
-        targets += [(f"teacher:{t.name}", t.path, t.trust_remote_code, t.processor)
+        targets += [(f"teacher:{t.name}", t.path, t.trust_remote_code, t.processor, t.spread())
                     for t in cfg.teachers]
-        results = [evaluate_model(public, label, path, trc, "test", parent, proc)
-                   for label, path, trc, proc in targets]
+        results = [evaluate_model(public, label, path, trc, "test", parent, proc, *spread)
+                   for label, path, trc, proc, *spread in targets]
         table = format_table(results)
         tracker.log_metrics(parent, evaluation.summary_metrics(results))
         tracker.log_text(parent, table, "accuracy.md")

@@ -51,11 +51,11 @@ def evaluate_flow(params: EvaluateParams = EvaluateParams(), config: dict | None
                 targets = [("student", cfg.student.path, cfg.student.trust_remote_code,
                             cfg.student.processor)]
             if params.teachers:
-                targets += [(f"teacher:{t.name}", t.path, t.trust_remote_code, t.processor)
-                            for t in cfg.teachers]
+                targets += [(f"teacher:{t.name}", t.path, t.trust_remote_code, t.processor,
+                             t.spread()) for t in cfg.teachers]
             public = cfg.public_dict()
-            results = [evaluate_model(public, label, path, trc, split, parent, proc)
-                       for label, path, trc, proc in targets]
+            results = [evaluate_model(public, label, path, trc, split, parent, proc, *spread)
+                       for label, path, trc, proc, *spread in targets]
         if version is not None:
             key = f"masters.eval.{cfg.evaluation.suite or split}.accuracy"
             tracker.client.set_model_version_tag(cfg.tracking.registered_model, version, key,

@@ -70,6 +70,27 @@ class ModelRef(Section):
         description="keyword arguments for AutoProcessor.from_pretrained, e.g. min_pixels / "
                     "max_pixels (Qwen), do_image_splitting (SmolVLM), chat_template (a Jinja "
                     "string, for checkpoints that ship none, such as PaliGemma)")
+    # transformers' big-model inference (accelerate places the layers): a teacher or judge
+    # larger than one GPU. Training does not take it: the student is one replica per rank.
+    device_map: str | dict[str, int | str] | None = Field(
+        None, description="for a model the run only reads: 'auto', 'balanced', "
+        "'sequential' or {module: device}, passed to from_pretrained; None: the run's device")
+    max_memory: dict[int | str, str] | None = Field(
+        None, description="with device_map: the most each device may hold, e.g. "
+        "{0: '70GiB', 1: '70GiB', cpu: '200GiB'}")
+
+    @model_validator(mode="after")
+    def _max_memory_needs_a_map(self) -> ModelRef:
+        if self.max_memory and self.device_map is None:
+            raise ValueError(f"max_memory is set for {self.path!r} but device_map is not "
+                             "(set device_map: auto)")
+        return self
+
+    def spread(self) -> dict[str, Any]:
+        """`models.load` keyword arguments that place the model over devices (or none)."""
+        if self.device_map is None:
+            return {}
+        return {"device_map": self.device_map, "max_memory": self.max_memory}
 
 
 class TeacherConfig(ModelRef):
@@ -353,6 +374,10 @@ class MastersConfig(BaseSettings):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
+        if self.student.device_map is not None:
+            raise ValueError("student.device_map: the student is trained as one replica per "
+                             "process (DDP) and cannot be spread over devices; device_map is "
+                             "for teachers and the judge")
         return self
 
     @classmethod

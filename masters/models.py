@@ -6,6 +6,7 @@ One path for every checkpoint, embedded or real: `AutoModelForImageTextToText` +
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -135,18 +136,37 @@ def load(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     processor_kwargs: dict | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
 ):
     """(model, processor) from a local `save_pretrained` folder or a hub id (when online).
 
     `processor_kwargs` go to `AutoProcessor.from_pretrained` (a model config's `processor`).
+    With `device_map` (and `max_memory`), accelerate places the layers over the devices as
+    they load (transformers' big-model inference) and `device` is not used.
     """
     from transformers import AutoModelForImageTextToText
 
     path = check(path, trust_remote_code=trust_remote_code)
+    # copies: from_pretrained rewrites max_memory's sizes in place (the config's own dict)
+    spread = {} if device_map is None else {
+        "device_map": copy.deepcopy(device_map),
+        "max_memory": dict(max_memory) if max_memory else None}
+    if spread:
+        _needs_accelerate(path)
     model = AutoModelForImageTextToText.from_pretrained(
-        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+        **spread)
     processor = load_processor(path, trust_remote_code, processor_kwargs)
-    return model.to(device).eval(), processor
+    return (model if spread else model.to(device)).eval(), processor
+
+
+def _needs_accelerate(path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError(f"device_map for {str(path)!r} needs accelerate: pip install "
+                             "accelerate")
 
 
 def load_processor(path: str, trust_remote_code: bool = False,
@@ -167,9 +187,10 @@ def load_processor(path: str, trust_remote_code: bool = False,
 
 
 def load_ref(ref, **placement):
-    """`load` for a config's model section (ModelRef): path, remote code, processor settings."""
+    """`load` for a config's model section (ModelRef): path, remote code, processor settings
+    and, for a model spread over devices, its device_map / max_memory."""
     return load(ref.path, trust_remote_code=ref.trust_remote_code,
-                processor_kwargs=ref.processor, **placement)
+                processor_kwargs=ref.processor, **placement, **ref.spread())
 
 
 def _hash_state(state_dict) -> str:

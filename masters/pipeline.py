@@ -65,7 +65,8 @@ class StageTeacher:
         """(the teacher at the stage's ratio, its fingerprint)."""
         (t,) = [t for t in cfg.teachers if t.name == stage.teacher]
         place = models.inference_placement(cfg)
-        ident = (t.path, t.trust_remote_code, repr(t.processor), str(place), mask_scope(cfg))
+        ident = (t.path, t.trust_remote_code, repr(t.processor), str(place), repr(t.spread()),
+                 mask_scope(cfg))
         held = self._held
         if (held is None or held[0] != ident or held[1].ratio > stage.ratio
                 or fingerprint not in (None, held[3])):

@@ -15,17 +15,19 @@ from tasks.common import PERSIST, flow_run_tags
 def evaluate_model(
     cfg_json: dict, label: str, model_path: str, trust_remote_code: bool,
     split: str, parent_run_id: str | None, processor_kwargs: dict | None = None,
+    spread: dict | None = None,
 ) -> dict:
     """Greedy-decode the split (or every task of the configured suite) with one model; log and
     return its accuracy by task type. With a suite, `split` only prefixes the metric names, so
-    the promotion gate (test/accuracy) reads the suite's overall accuracy."""
+    the promotion gate (test/accuracy) reads the suite's overall accuracy. `spread`: a
+    teacher's `ModelRef.spread()` (device_map / max_memory)."""
     logger = get_run_logger()
     cfg = from_public(cfg_json)
     suite = suites.load(cfg.evaluation.suite) if cfg.evaluation.suite else None
     dataset = None if suite else data.load_split(cfg.data, split)  # bad data fails before load
     model, processor = models.load(model_path, trust_remote_code=trust_remote_code,
                                    processor_kwargs=processor_kwargs,
-                                   **models.inference_placement(cfg))
+                                   **models.inference_placement(cfg), **(spread or {}))
     opts = {"batch_size": cfg.evaluation.batch_size,
             "max_new_tokens": cfg.evaluation.max_new_tokens, "progress": True}
     if suite:

@@ -30,8 +30,7 @@ def prune_teacher(cfg_json: dict, teacher: str, parent_run_id: str | None) -> di
     t = _teacher(cfg, teacher)
     scope = pipeline.mask_scope(cfg)
     ratios = sorted(set(t.ratios()) | set(cfg.masking.sweep_ratios) | {0.0})
-    model, _ = models.load(t.path, trust_remote_code=t.trust_remote_code,
-                           **models.inference_placement(cfg))
+    model, _ = models.load_ref(t, **models.inference_placement(cfg))
     fp = models.fingerprint(model)
     masked = MaskedTeacher(model, scope)
     by_ratio = {r: masked.set_ratio(r) for r in ratios}  # increasing: masks only grow
@@ -65,8 +64,7 @@ def sweep_teacher(cfg_json: dict, manifest: dict, parent_run_id: str | None) -> 
     """Test accuracy of one teacher at every sweep ratio; a plot and a table in MLflow."""
     cfg = from_public(cfg_json)
     t = _teacher(cfg, manifest["teacher"])
-    model, processor = models.load(t.path, trust_remote_code=t.trust_remote_code,
-                                   **models.inference_placement(cfg))
+    model, processor = models.load_ref(t, **models.inference_placement(cfg))
     scope = pipeline.mask_scope(cfg)
     eval_data = bootstrap.eval_arrays(cfg.data.seed, "test", cfg.data.test_size) \
         if cfg.data.source == "synthetic" else evaluation.dataset_arrays(

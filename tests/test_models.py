@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -96,3 +97,41 @@ def test_fingerprint_names_the_weights_in_their_dtype(saved):
     assert models.fingerprint(loaded) != models.fingerprint(model)
     bf16, _ = models.load(path, dtype=torch.bfloat16)
     assert models.fingerprint(bf16) != models.fingerprint(model)
+
+
+def test_a_teacher_spread_with_device_map_loads_masks_and_answers_like_a_plain_one(
+        monkeypatch):
+    from transformers import AutoModelForImageTextToText
+
+    from masters.config import ConfigError, TeacherConfig, load_config
+    from masters.masking import MaskedTeacher, MaskScope
+
+    plain, processor = models.load("embedded:mid")
+    seen = []
+    real = AutoModelForImageTextToText.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append({k: copy.deepcopy(kwargs.get(k)) for k in ("device_map", "max_memory")})
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", classmethod(spy))
+    ref = TeacherConfig(name="mid", path="embedded:mid", device_map="auto",
+                        max_memory={"cpu": "200MiB"})
+    spread, _ = models.load_ref(ref)
+    # accelerate placed it (here on the only device, the CPU); same weights, same answers
+    assert seen == [{"device_map": "auto", "max_memory": {"cpu": "200MiB"}}]
+    assert ref.max_memory == {"cpu": "200MiB"}  # the config is not rewritten
+    assert {p.device.type for p in spread.parameters()} == {"cpu"}
+    assert models.fingerprint(spread) == models.fingerprint(plain)
+    samples = [synthetic.make_sample(0, "test", i) for i in range(6)]
+    args = ([s.image for s in samples], [s.question for s in samples])
+    for model in (plain, spread):
+        MaskedTeacher(model, MaskScope()).set_ratio(0.3)  # in place, where each tensor lives
+    assert (inputs.greedy_answers(spread, processor, *args, max_new_tokens=12)
+            == inputs.greedy_answers(plain, processor, *args, max_new_tokens=12))
+    with pytest.raises(ConfigError, match="max_memory is set for 'embedded:mid' but "
+                       "device_map is not"):
+        load_config(None, ["teachers=[{name: mid, path: 'embedded:mid', "
+                           "max_memory: {cpu: 1GiB}}]"])
+    with pytest.raises(ConfigError, match="student.device_map"):
+        load_config(None, ["student={path: 'embedded:student', device_map: auto}"])
