@@ -14,10 +14,11 @@ The flow reads top to bottom like the pipeline:
 3. Cut the training split into stages (`masters.schedule`) and each stage into shards.
 4. Plan: compute every shard's content key and check the cache with a checksummed read. This
    loads no model, so a fully cached run costs only the reads.
-5. Generate the missing shards, stage by stage: one task per shard, submitted together, so a
-   process-based task runner (Dask, Ray) can spread them over workers. Models stay loaded
-   between the shards of a worker; each teacher's stages go with ratios increasing, so it
-   is loaded once and its mask only grows (`schedule.generation_order`).
+5. Generate the missing shards, stage by stage: one task per shard, submitted together to
+   the task runner `generation.task_runner` names: threads of this process, or Dask worker
+   processes (`shard_runner`). Models stay loaded between the shards of a worker; each
+   teacher's stages go with ratios increasing, so it is loaded once and its mask only grows
+   (`schedule.generation_order`).
 6. Write one manifest per stage (its shards' keys and URIs, content-addressed): what
    training reads. Counts go to MLflow.
 
@@ -28,12 +29,16 @@ what is missing or was found corrupt.
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import urlparse
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from masters import models
-from masters.config import from_public
+from masters.config import GenerationConfig, from_public
 from masters.schedule import build_schedule, generation_order
 from masters.tracking import Tracker
 from tasks.check import check_inputs
@@ -47,6 +52,35 @@ from tasks.generate import (
     write_stage_manifest,
 )
 from tasks.prune import prune_teacher
+
+
+def shard_runner(cfg: GenerationConfig, api_url: str) -> TaskRunner:
+    """The task runner the shard tasks go to. Only they do: every other task of the flow is
+    called, not submitted, so it runs in the flow's process. `api_url`: this flow run's
+    Prefect API."""
+    if cfg.task_runner == "threads":
+        return ThreadPoolTaskRunner()  # what a flow uses by default
+    from prefect_dask import DaskTaskRunner  # imported only when asked for
+
+    if cfg.dask_address:  # its workers are configured where they were started
+        return DaskTaskRunner(address=cfg.dask_address)
+    # Started on the first shard submitted (a fully cached run starts none), stopped when
+    # the runner closes. One thread per worker: the shards of a process share its models.
+    # The workers get this flow's API: without a PREFECT_API_URL (the ephemeral mode of
+    # `masters run`) each would start a server of its own on the same database.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask_workers, "threads_per_worker": 1,
+                                          "processes": True,
+                                          "env": {"PREFECT_API_URL": api_url}})
+
+
+def for_workers(public: dict) -> dict:
+    """The config as the shard tasks get it: a local cache folder made absolute, since a
+    worker may run in another directory. S3 and absolute paths pass unchanged."""
+    uri = public["storage"]["cache_uri"]
+    if urlparse(uri).scheme:
+        return public
+    absolute = str(Path(uri).expanduser().absolute())
+    return {**public, "storage": {**public["storage"], "cache_uri": absolute}}
 
 
 @flow(name="masters-generate", log_prints=True)
@@ -92,23 +126,28 @@ def generate_flow(
         # ratios increasing).
         bar = Progress(total, key="generation-progress", desc="generate", unit="shard",
                        what="shards generated or found in the cache", done=cached, show=progress)
+        shard_cfg = for_workers(public)
         try:
-            by_index = {p["stage"]["index"]: p for p in plans}
-            for stage in generation_order(stages):
-                plan = by_index[stage.index]
-                futures = [generate_shard.submit(public, plan["stage"], shard,
-                                                 plan["teacher_fingerprint"], student_fp)
-                           for shard in plan["shards"] if not shard["cached"]]
-                failures = []
-                for future in as_completed(futures):
-                    try:
-                        future.result()
-                    except Exception as exc:  # noqa: BLE001 - let the other shards finish
-                        failures.append(exc)
-                    else:
-                        bar.advance()
-                if failures:  # the finished shards are stored: a re-run resumes after them
-                    raise failures[0]
+            api_url = str(FlowRunContext.get().client.api_url)
+            with shard_runner(cfg.generation, api_url) as runner:
+                by_index = {p["stage"]["index"]: p for p in plans}
+                for stage in generation_order(stages):
+                    plan = by_index[stage.index]
+                    futures = [runner.submit(generate_shard, {
+                        "cfg_json": shard_cfg, "stage": plan["stage"], "shard": shard,
+                        "teacher_fingerprint": plan["teacher_fingerprint"],
+                        "student_fingerprint": student_fp})
+                        for shard in plan["shards"] if not shard["cached"]]
+                    failures = []
+                    for future in as_completed(futures):
+                        try:
+                            future.result()
+                        except Exception as exc:  # noqa: BLE001 - let the other shards finish
+                            failures.append(exc)
+                        else:
+                            bar.advance()
+                    if failures:  # the finished shards are stored: a re-run resumes after them
+                        raise failures[0]
         finally:
             bar.close()
 

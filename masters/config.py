@@ -153,6 +153,16 @@ class GenerationConfig(Section):
         64, ge=0, description="teacher log-probs cached per answer token for training (the "
         "top k + the tail mass); 0 keeps the whole vocabulary (exact)")
     seed: int = 0
+    # Where the shard tasks run. Not part of any cache key: a shard's content does not depend
+    # on which process sampled it (masters.generation.sampling_settings).
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="threads: the flow's own process; dask: Dask worker processes "
+        "(prefect-dask), each holding its own copy of the models")
+    dask_address: str | None = Field(
+        None, description="task_runner dask: an existing scheduler, e.g. tcp://host:8786; "
+        "None starts a local cluster of dask_workers processes for the flow run")
+    dask_workers: int = Field(2, ge=1, description="task_runner dask without dask_address: "
+                              "local worker processes (one thread each)")
 
 
 DEFAULT_SCORER = "phrase_match"  # rewards, evaluation and the registry gate alike

@@ -100,7 +100,7 @@ def summary_metrics(results: Sequence[dict], split: str = "test") -> dict[str, f
 
 
 def predict_arrays(model, processor, images: Sequence[np.ndarray], questions: Sequence[str], *,
-                   batch_size: int = 64, max_new_tokens: int = 4,
+                   batch_size: int = 64, max_new_tokens: int = 16,
                    progress: bool = False) -> list[str]:
     """Greedy answers only: suites score them with their own scorer."""
     preds: list[str] = []

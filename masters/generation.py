@@ -200,10 +200,11 @@ def rows_digest(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def sampling_settings(cfg: GenerationConfig) -> dict[str, Any]:
-    # Every field but shard_size (a shard's questions are keyed themselves) and teacher_top_k
-    # (it keys the distributions, not the answers); batch_size stays, since batch
-    # composition moves the random stream and the padding of each prompt.
-    return cfg.model_dump(mode="json", exclude={"shard_size", "teacher_top_k"})
+    # Every field but shard_size (a shard's questions are keyed themselves), teacher_top_k
+    # (it keys the distributions, not the answers) and where the shards run; batch_size
+    # stays, since batch composition moves the random stream and the padding of each prompt.
+    return cfg.model_dump(mode="json", exclude={"shard_size", "teacher_top_k", "task_runner",
+                                                "dask_address", "dask_workers"})
 
 
 def shard_key(

@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd  # at module level: MLflow resolves predict's type hint on the class
 
-DEFAULT_MAX_NEW_TOKENS = 4
+DEFAULT_MAX_NEW_TOKENS = 16  # EvaluationConfig.max_new_tokens: room for a phrase
 DEFAULT_BATCH_SIZE = 32
 # What the wrapper imports at load time. Pinned to what this process runs with (pyproject pins
 # torch, transformers and mlflow exactly); requirement inference would take ~20 s and try to

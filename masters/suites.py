@@ -162,7 +162,7 @@ def load_task(task: TaskSpec):
     return ds
 
 
-def evaluate(model, processor, suite: Suite, *, batch_size: int = 64, max_new_tokens: int = 4,
+def evaluate(model, processor, suite: Suite, *, batch_size: int = 64, max_new_tokens: int = 16,
              progress: bool = False) -> SuiteResult:
     """Every task of the suite: greedy answers scored by the task's own scorer."""
     results: dict[str, evaluation.ScoredResult] = {}

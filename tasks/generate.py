@@ -79,8 +79,17 @@ class Resident:
                 self._student = (ident, LoadedModel(model, processor))
             return self._student[1]
 
+    def __reduce__(self):
+        # A task sent to another process (Dask pickles it with the globals its function
+        # uses) means that process's own resident models, never a copy of these.
+        return (_resident, ())
+
 
 RESIDENT = Resident()
+
+
+def _resident() -> Resident:
+    return RESIDENT
 
 
 # log_prints off where the split may be built: dill (under `datasets`) captures a bytecode
