@@ -82,9 +82,10 @@ def main(argv=None) -> int:
         print(f"benchmark: {name} ...", flush=True)
         results[name] = SECTIONS[name].run(**({"quick": args.quick} if quick_ok else {}))
         title = "GPU (bf16)" if name == "gpu" else name
-        # quality draws its learning curves next to the report
-        md = (quality.markdown(results[name], Path(args.out).parent) if name == "quality"
-              else SECTIONS[name].markdown(results[name]))
+        markdown = SECTIONS[name].markdown
+        # a section that draws figures (quality's learning curves) puts them by the report
+        figures = "out_dir" in inspect.signature(markdown).parameters
+        md = markdown(results[name], **({"out_dir": Path(args.out).parent} if figures else {}))
         parts.append(f"## {title}\n\n{md}\n")
     command = ("make bench-quick" if args.quick else "make bench") if not args.only else (
         "python -m benchmarks.run " + " ".join(f"--only {n}" for n in names)

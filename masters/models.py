@@ -152,21 +152,12 @@ def load(
     spread = {} if device_map is None else {
         "device_map": copy.deepcopy(device_map),
         "max_memory": dict(max_memory) if max_memory else None}
-    if spread:
-        _needs_accelerate(path)
     model = AutoModelForImageTextToText.from_pretrained(
         str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
         **spread)
     processor = load_processor(path, trust_remote_code, processor_kwargs)
     return (model if spread else model.to(device)).eval(), processor
 
-
-def _needs_accelerate(path) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("accelerate") is None:
-        raise ModelLoadError(f"device_map for {str(path)!r} needs accelerate: pip install "
-                             "accelerate")
 
 
 def load_processor(path: str, trust_remote_code: bool = False,

@@ -131,6 +131,8 @@ def read_shape(ref: ModelRef, role: str, name: str, scope: MaskScope,
         model = AutoModelForImageTextToText.from_config(
             config, trust_remote_code=ref.trust_remote_code)
     params = sum(p.numel() for p in model.parameters())  # tied weights once
+    # masking.in_scope's own walk, deduplicated by object: on the meta device every storage
+    # has data_ptr 0, so in_scope's storage key would merge tensors of equal shape.
     seen, masked, largest = set(), 0, 0
     for pname, t in model.state_dict(keep_vars=True).items():
         if scope.covers(pname, t) and id(t) not in seen:
