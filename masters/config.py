@@ -211,6 +211,11 @@ class TrainingConfig(Section):
         None, ge=1, description="groups per forward/backward; their gradients accumulate "
         "into one optimizer step of batch_groups (same loss and gradient). None: a rank's "
         "whole share at once")
+    sharding: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="engine of a multi-process run: ddp = every rank holds the whole "
+        "student and its AdamW state; fsdp = torch FSDP2 (fully_shard) splits weights, "
+        "gradients and AdamW state over the ranks; auto = fsdp when `accelerate launch` ran an "
+        "FSDP config (ACCELERATE_USE_FSDP=true), else ddp. One process: neither")
     accuracy_reward: bool = True
     distill_reward: bool = True
     distill_minmax: bool = Field(True, description="reverse min-max within the group")

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from masters import inputs, rewards
+from masters import distributed, inputs, rewards
 from masters.rewards import DEFAULT_SCORER
 
 
@@ -63,7 +62,7 @@ def dataset_arrays(dataset) -> tuple[list, list, list, list]:
 
 def evaluate_dataset(model, processor, dataset, **kwargs) -> EvalResult:
     """Evaluate on a `datasets.Dataset` with columns image, question, answer, task_type."""
-    with torch.inference_mode():
+    with distributed.inference(model):
         return evaluate_arrays(model, processor, *dataset_arrays(dataset), **kwargs)
 
 
@@ -107,7 +106,7 @@ def predict_arrays(model, processor, images: Sequence[np.ndarray], questions: Se
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with distributed.inference(model):
             for start in tqdm(range(0, len(questions), batch_size), desc="evaluate",
                               disable=not progress, leave=False):
                 sl = slice(start, start + batch_size)

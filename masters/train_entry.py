@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 2 -m masters.train_entry --spec train_inputs.json
     torchrun --nproc_per_node 2 -m masters.train_entry --synthetic --out /tmp/run
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m masters.train_entry --spec ..
 
 `--spec` reruns the pipeline's training job from the `train_inputs.json` artifact that the
 train task logs to MLflow (config, stage manifests, scores, teachers); it resumes the same
@@ -76,18 +77,34 @@ def run_synthetic(out: Path, cfg: TrainingConfig, n_groups: int, answers: int,
 
     logged: list[dict] = []
     trainer = training.MastersTrainer(student, processor, cfg,
-                                      log_metrics=lambda m, s: logged.append({"step": s, **m}))
+                                      log_metrics=lambda m, s: logged.append({"step": s, **m}),
+                                      evaluate=_greedy_answers)
     t0 = time.perf_counter()
     summary = training.train(trainer, stages, lambda st: groups[st.start : st.stop],
                              out / "checkpoints")
     summary["train_s"] = time.perf_counter() - t0  # throughput benchmark (benchmarks.training)
+    whole = trainer.full_student()  # under FSDP every rank gathers its shards
     if distributed.is_main():
         (out / "losses.json").write_text(json.dumps(
-            {"world_size": distributed.world_size(), "steps": logged, "summary": summary}))
-        torch.save({k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+            {"world_size": distributed.world_size(), "sharded": trainer.sharded,
+             "steps": logged, "summary": summary}))
+        torch.save({k: v.detach().cpu().clone() for k, v in whole.state_dict().items()},
                    out / "student.pt")
     distributed.barrier()
     return summary
+
+
+def _greedy_answers(model, processor) -> dict:
+    """The synthetic learning curve: greedy answers to 4 validation questions (exact match);
+    the answers themselves are kept, so runs under different engines can be compared."""
+    from masters import evaluation
+
+    samples = [synthetic.make_sample(0, "validation", i) for i in range(4)]
+    preds = evaluation.predict_arrays(model, processor, [s.image for s in samples],
+                                      [s.question for s in samples], max_new_tokens=3)
+    return {"accuracy": float(np.mean([p == s.answer for p, s in zip(preds, samples,
+                                                                          strict=True)])),
+            "answers": preds}
 
 
 def run_spec(path: Path) -> dict:
@@ -113,6 +130,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--micro-batch-groups", type=int, default=None,
                    help="groups per forward/backward (gradient accumulation); default: all")
     p.add_argument("--objective", choices=["masters", "supervised"], default="masters")
+    p.add_argument("--sharding", choices=["auto", "ddp", "fsdp"], default="auto",
+                   help="training.sharding: the multi-process engine (auto: fsdp under an "
+                   "accelerate FSDP config)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="--synthetic: learning-curve point every N steps (greedy answers)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     # float64 makes one-process and N-process runs comparable to ~1e-10: in float32, Adam turns
@@ -131,7 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
             p.error("--synthetic needs --out")
         cfg = TrainingConfig(lr=args.lr, batch_groups=args.batch_groups, seed=args.seed,
                              objective=args.objective,
-                             micro_batch_groups=args.micro_batch_groups)
+                             micro_batch_groups=args.micro_batch_groups,
+                             sharding=args.sharding,
+                             gradient_checkpointing=args.gradient_checkpointing,
+                             eval_every=args.eval_every)
         return run_synthetic(args.out, cfg, args.groups, args.answers,
                              dtype=getattr(torch, args.dtype), ragged=args.ragged,
                              student_shape=args.student_shape,

@@ -13,8 +13,8 @@ from masters.tracking import BufferedMetrics, Tracker
 
 # Training settings that do not name a run: where it writes, and the memory switches that
 # change what a step holds, not what it computes (docs/training.md), so a run that ran out of
-# memory resumes its checkpoints with a smaller micro-batch or with checkpointing on.
-NOT_IN_RUN_KEY = {"output_dir", "micro_batch_groups", "gradient_checkpointing"}
+# memory resumes its checkpoints with a smaller micro-batch, with checkpointing on or sharded.
+NOT_IN_RUN_KEY = {"output_dir", "micro_batch_groups", "gradient_checkpointing", "sharding"}
 
 
 def run_key(manifests: list[dict], scores: list[dict], cfg) -> str:
@@ -78,7 +78,7 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], teachers: list[
 
         trainer = training.MastersTrainer(student, processor, cfg.training,
                                           log_metrics=log_metrics if main else None,
-                                          evaluate=validation_accuracy(cfg) if main else None)
+                                          evaluate=validation_accuracy(cfg))
         # Only the student is loaded: the teachers' side is in the cache (distributions).
         if supervised:
             def groups_of(st):
@@ -96,10 +96,11 @@ def run_training(cfg, manifests: list[dict], scores: list[dict], teachers: list[
 
         result = training.train(trainer, stages, groups_of, out_dir / "checkpoints")
         final = out_dir / "student"
+        whole = trainer.full_student()  # under FSDP every rank gathers; rank 0 gets it
         if main:
             bar.update_to(trainer.step)  # a run resumed after its last stage logs no step
             metrics.flush()
-            training.save_student(trainer.student, processor, final)  # atomic, write-once
+            training.save_student(whole, processor, final)  # atomic, write-once
             tracker.set_tags(run_id, {"student_path": str(final.resolve())})
             tracker.log_dict(run_id, result, "training_summary.json")
             log_training_plots(tracker, run_id, result["curve"], log)

@@ -31,6 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from masters import distributed, distributions, inputs, rewards
 from masters.config import TrainingConfig
@@ -214,28 +221,34 @@ class MastersTrainer:
             # DDP and autocast; it recomputes each decoder / vision block during backward.
             self.student.activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False})
-        self.model = distributed.wrap(self.student)  # forward through DDP: it syncs grads
+        self.student_cls = type(self.student)  # fully_shard swaps the class for a subclass
+        self.model = distributed.wrap(self.student, distributed.engine(self.cfg.sharding))
+        self.sharded = distributed.is_sharded(self.model)
         self.opt = torch.optim.AdamW(self.student.parameters(), lr=self.cfg.lr,
                                      weight_decay=self.cfg.weight_decay)
         self.student.train()
 
     def loss_step(self, groups: Sequence[Group], stage: Stage,
-                  share: float = 1.0) -> StepResult:
+                  share: float = 1.0, min_parts: int = 1) -> StepResult:
         """One optimizer step on `groups`, this rank's `share` of the global batch's answers,
         in micro-batches of `micro_batch_groups` whole groups (advantages and the distillation
-        reward are per group) whose gradients accumulate."""
+        reward are per group) whose gradients accumulate; at least `min_parts` of them."""
         size = self.cfg.micro_batch_groups or len(groups)
         parts = [groups[i : i + size] for i in range(0, len(groups), size)]
         answers = sum(len(g.answers) for g in groups)
+        weights = [sum(len(g.answers) for g in part) / answers for part in parts]
+        # FSDP gathers each block's weights in every forward, a collective: every rank must run
+        # as many forwards as the others, so a rank with fewer groups adds weight-0 passes.
+        pad = max(0, min_parts - len(parts))
+        parts, weights = parts + [groups[:1]] * pad, weights + [0.0] * pad
         self.opt.zero_grad(set_to_none=True)
         terms: dict[str, float] = {}
         sums: dict[str, tuple[float, int]] = {}
-        for i, part in enumerate(parts):
+        for i, (part, weight) in enumerate(zip(parts, weights, strict=True)):
             # Every term is a mean over answers, so parts weighted by their share of the
             # rank's answers (not 1 / parts: groups differ in size) sum to the mean over all
             # of them: the loss and gradient of one forward of every group. share x world:
-            # DDP averages the ranks' gradients (docs/training.md).
-            weight = sum(len(g.answers) for g in part) / answers
+            # DDP and FSDP average the ranks' gradients (docs/training.md).
             with self._accumulating(last=i == len(parts) - 1):
                 part_terms, part_sums = self._terms(part)
                 (part_terms["loss"] * (weight * share * self.world)).backward()
@@ -266,15 +279,19 @@ class MastersTrainer:
                      c.min_lr_ratio)
 
     def curve_point(self) -> None:
-        """Append the held-out accuracy at this step to the learning curve (main rank)."""
-        if self.evaluate is None or not distributed.is_main():
+        """Append the held-out accuracy at this step to the learning curve (main rank; under
+        FSDP every rank runs the same evaluation, since each forward gathers weights from all
+        of them, and the main rank keeps the result)."""
+        if self.evaluate is None or not (distributed.is_main() or self.sharded):
             return
         if self.curve and self.curve[-1]["step"] == self.step:
             return
         self.student.eval()
-        with torch.no_grad():
+        with torch.no_grad(), distributed.root_gathered(self.student):
             res = self.evaluate(self.student, self.processor)
         self.student.train()
+        if not distributed.is_main():
+            return
         self.curve.append({"step": self.step, **res})
         if self.log_metrics:
             self.log_metrics({"val/accuracy": res["accuracy"],
@@ -283,7 +300,9 @@ class MastersTrainer:
 
     def _accumulating(self, last: bool):
         """DDP all-reduces gradients in every backward: all but a step's last micro-batch
-        skip that (no_sync), so each step reduces once, the accumulated sum."""
+        skip that (no_sync), so each step reduces once, the accumulated sum. FSDP has no
+        no_sync: it reduce-scatters each micro-batch into the sharded gradients (skipping that
+        would keep whole unsharded gradients on every rank, the memory FSDP is there to save)."""
         if last or not hasattr(self.model, "no_sync"):
             return contextlib.nullcontext()
         return self.model.no_sync()
@@ -384,7 +403,9 @@ class MastersTrainer:
             share = sum(len(g.answers) for g in mine) / sum(len(g.answers) for g in batch)
             # A short last batch can leave a rank without a group; it still steps (share 0)
             # because DDP's gradient all-reduce needs every rank.
-            res = self.loss_step(mine or batch[:1], stage, share=share)
+            most = -(-len(batch) // self.world)  # groups of the fullest rank
+            res = self.loss_step(mine or batch[:1], stage, share=share,
+                                 min_parts=-(-most // (self.cfg.micro_batch_groups or most)))
             results.append(res)
             if self.log_metrics and distributed.is_main():
                 self.log_metrics({**{f"loss/{k}": v for k, v in res.terms.items()},
@@ -398,19 +419,39 @@ class MastersTrainer:
 
     # ---- checkpoints: the student, the optimizer, the stage index, the RNG ----------------
 
+    def full_student(self):
+        """The student as its own class with whole weights, for save_pretrained (rank 0;
+        None elsewhere). Under FSDP every rank must call it: it gathers the shards."""
+        if not self.sharded:
+            return self.student if distributed.is_main() else None
+        weights = get_model_state_dict(self.student, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        if not distributed.is_main():
+            return None
+        with torch.device("meta"):
+            plain = self.student_cls(self.student.config)
+        plain.load_state_dict(weights, strict=True, assign=True)
+        return plain
+
     def save_checkpoint(self, directory: str | Path, stage: Stage) -> Path:
-        """Rank 0 writes (ranks hold identical weights); the others wait for the folder."""
+        """Rank 0 writes (under DDP ranks hold identical weights; under FSDP every rank takes
+        part in gathering them first); the others wait for the folder."""
         final = Path(directory) / f"stage-{stage.index:03d}"
+        student = self.full_student()
+        # full_state_dict: parameter names as keys, whole tensors, so a checkpoint resumes
+        # under any engine and any number of ranks.
+        optimizer = get_optimizer_state_dict(self.student, self.opt, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
         if distributed.is_main():
-            self._write_checkpoint(final, stage)
+            self._write_checkpoint(final, stage, student, optimizer)
         distributed.barrier()
         return final
 
-    def _write_checkpoint(self, final: Path, stage: Stage) -> None:
+    def _write_checkpoint(self, final: Path, stage: Stage, student, optimizer) -> None:
         def write(tmp: Path) -> None:
-            self.student.save_pretrained(tmp, safe_serialization=True)
+            student.save_pretrained(tmp, safe_serialization=True)
             self.processor.save_pretrained(tmp)
-            torch.save({"optimizer": self.opt.state_dict(), "rng": torch.get_rng_state()},
+            torch.save({"optimizer": optimizer, "rng": torch.get_rng_state()},
                        tmp / "trainer_state.pt")
             (tmp / "progress.json").write_text(json.dumps({"stage": stage.index,
                                                            "step": self.step,
@@ -422,12 +463,19 @@ class MastersTrainer:
         path = Path(path)
         # Through from_pretrained: save_pretrained may rename keys on disk (transformers 5
         # writes LLaVA in its legacy layout), so the raw file does not match state_dict().
-        saved = type(self.student).from_pretrained(path, dtype=next(
+        saved = self.student_cls.from_pretrained(path, dtype=next(
             self.student.parameters()).dtype, use_safetensors=True)
-        self.student.load_state_dict(saved.state_dict(), strict=True)
-        extra = torch.load(path / "trainer_state.pt", map_location=self.device,
-                           weights_only=True)
-        self.opt.load_state_dict(extra["optimizer"])
+        set_model_state_dict(self.student, saved.state_dict(),
+                             options=StateDictOptions(full_state_dict=True))
+        extra = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+        if all(isinstance(k, int) for k in extra["optimizer"]["state"]):
+            self.opt.load_state_dict(extra["optimizer"])  # written before FSDP (by index)
+        else:
+            # strict=False: a parameter that never had a gradient (CLIP's pooled-output
+            # norm) has no AdamW state to restore, as in the optimizer that saved it.
+            set_optimizer_state_dict(self.student, self.opt, extra["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True,
+                                                              strict=False))
         torch.set_rng_state(extra["rng"].cpu())
         progress = json.loads((path / "progress.json").read_text())
         self.step = progress["step"]
