@@ -70,6 +70,8 @@ class Shape:
     image_tokens: int  # LM positions of one image
     vision_tokens: int  # patches through the vision tower per image
     pixels: int  # pixel_values entries per image
+    root_params: int = 0  # outside every _no_split_modules block (FSDP's root unit)
+    largest_block: int = 0  # parameters of the largest such block
 
 
 def _first(obj, *names, default=None):
@@ -157,8 +159,23 @@ def read_shape(ref: ModelRef, role: str, name: str, scope: MaskScope,
         patch = int(_first(vc, "patch_size", default=14))
         pixels = vision_tokens * int(_first(vc, "num_channels", "in_channels", default=3)) \
             * patch**2 * int(_first(vc, "temporal_patch_size", default=1))
+    root, block = _fsdp_units(model)
     return Shape(role, name, ref.path, config.model_type, params, masked, largest,
-                 tc.vocab_size, text, vision, image_tokens, vision_tokens, pixels)
+                 tc.vocab_size, text, vision, image_tokens, vision_tokens, pixels, root, block)
+
+
+def _fsdp_units(model) -> tuple[int, int]:
+    """(root unit, largest block) parameters as masters.distributed.wrap shards the model:
+    one unit per `_no_split_modules` block, the root holding the rest."""
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    inside, largest = set(), 0
+    for module in model.modules():
+        if type(module).__name__ in blocks and module is not model:
+            own = [p for p in module.parameters() if id(p) not in inside]
+            inside.update(id(p) for p in own)
+            largest = max(largest, sum(p.numel() for p in own))
+    root = sum(p.numel() for p in model.parameters() if id(p) not in inside)
+    return root, largest
 
 
 # ---- estimates: one function each, the formula in its docstring ---------------------------
@@ -203,6 +220,14 @@ def training_state_bytes(params: int, precision: str, ddp: bool = False) -> dict
     weights = params * (4 + (2 if precision == "bf16-mixed" else 0))
     return {"weights": weights, "grads": 4 * params * (2 if ddp else 1),
             "optimizer": ADAMW_BYTES * params}
+
+
+def fsdp_gathered_bytes(shape: Shape, precision: str) -> int:
+    """What FSDP holds whole on a rank besides its shards, during a forward and backward:
+    the root unit + 2 blocks (the one computing and the one prefetched), fp32 weights 4 +
+    their unsharded gradients 4 bytes per parameter (+ 2 for the bf16 autocast copy)."""
+    per = 8 + (2 if precision == "bf16-mixed" else 0)
+    return (shape.root_params + 2 * shape.largest_block) * per
 
 
 def _layer_elements(t: Tower) -> int:
@@ -278,6 +303,7 @@ class Plan:
     world_size: int
     train_rows: int  # sequences per rank and step
     batch_groups: int
+    micro_batch_groups: int | None = None
     prune: list[Row] = field(default_factory=list)
     generate: list[Row] = field(default_factory=list)
     train: list[Row] = field(default_factory=list)
@@ -339,8 +365,14 @@ def make_plan(cfg: MastersConfig, *, world_size: int = 8, gpu_memory_gib: float 
         return (image_tokens if image_tokens is not None else s.image_tokens) + text_tokens
 
     rows_per_rank = math.ceil(tr.batch_groups / world_size) * group
+    micro = tr.micro_batch_groups
+
+    def forward_rows(groups_per_rank: int) -> int:
+        """Sequences of one forward: a rank's share, or micro_batch_groups of it."""
+        return min(groups_per_rank, micro or groups_per_rank) * group
+
     plan = Plan(cfg.run_name, [student, *teachers], device, note, dtype, text_tokens, answer,
-                world_size, rows_per_rank, tr.batch_groups)
+                world_size, rows_per_rank, tr.batch_groups, tr.micro_batch_groups)
     sw = weight_bytes(student.params, dbytes)
     for t in teachers:
         tw = weight_bytes(t.params, dbytes)
@@ -369,14 +401,18 @@ def make_plan(cfg: MastersConfig, *, world_size: int = 8, gpu_memory_gib: float 
     for precision in PRECISIONS:
         state = training_state_bytes(student.params, precision)
         ddp = training_state_bytes(student.params, precision, ddp=world_size > 1)
-        for label, parts in ((f"DDP/{world_size}", ddp), (f"sharded/{world_size}",
-                                            {k: v // world_size for k, v in state.items()})):
-            off, on = act(rows_per_rank, precision, False), act(rows_per_rank, precision, True)
+        sharded = {k: v // world_size for k, v in state.items()}
+        sharded["gathered"] = fsdp_gathered_bytes(student, precision)
+        rows = forward_rows(math.ceil(tr.batch_groups / world_size))
+        for label, parts in ((f"DDP/{world_size}", ddp), (f"sharded/{world_size}", sharded)):
+            off, on = act(rows, precision, False), act(rows, precision, True)
             parts.update({"activations": off, "activations_ckpt": on})
             base = sum(v for k, v in parts.items() if not k.startswith("activations"))
             plan.train.append(Row(f"{precision} {label}", parts, base + off, base + on))
+        gathered = sharded["gathered"]
         plan.smallest_sharded[precision] = tuple(_ranks_to_fit(
-            state, lambda w, p=precision, c=ckpt: act(tr.batch_groups // w * group, p, c),
+            state, lambda w, p=precision, c=ckpt, g=gathered: g * (w > 1) + act(
+                forward_rows(tr.batch_groups // w), p, c),
             device, tr.batch_groups) for ckpt in (False, True))
     ev = cfg.evaluation
     for s in (student, *teachers):
@@ -449,10 +485,14 @@ def render(plan: Plan) -> str:
     seq = student.image_tokens + plan.text_tokens + plan.answer_tokens
     out += ["", f"train: student, per rank at {plan.world_size} ranks ({plan.train_rows} "
             f"sequences of {seq} tokens); activations without / with gradient checkpointing"]
-    out += _table(["precision engine", "weights", "grads", "AdamW", "activations",
-                   "peak", "fits"],
+    if plan.micro_batch_groups:
+        out.append(f"  activations of one micro-batch: training.micro_batch_groups="
+                   f"{plan.micro_batch_groups} groups per forward")
+    out += _table(["precision engine", "weights", "grads", "AdamW", "FSDP gathered",
+                   "activations", "peak", "fits"],
                   [[r.label, fmt_bytes(r.parts["weights"]), fmt_bytes(r.parts["grads"]),
                     fmt_bytes(r.parts["optimizer"]),
+                    fmt_bytes(r.parts["gathered"]) if "gathered" in r.parts else "-",
                     f"{fmt_bytes(r.parts['activations'])} / "
                     f"{fmt_bytes(r.parts['activations_ckpt'])}",
                     f"{fmt_bytes(r.total)} / {fmt_bytes(r.total_ckpt)}",

@@ -139,6 +139,13 @@ def test_formulas_match_a_hand_computation(tiny_llava):
     assert c["text"] == 2 * 10 * (2 * 16 + 64) * 4  # each layer's input only
     assert c["vision"] == 2 * 4 * (8 + 32) * 4 + 2 * 3072 * 4
     assert c["recompute"] == 2 * 10 * 304 * 4 and c["logits"] == a["logits"]
+    # FSDP units (masters.distributed.wrap: one per _no_split_modules block): CLIP's vision
+    # embeddings 8 + 6144 + 40 = 6192 (the largest), its layer 532, each Llama layer 2720;
+    # the root keeps the norms 32, projector 416, embedding 1184, final norm 16, head 1184.
+    assert (s.root_params, s.largest_block) == (32 + 416 + 1184 + 16 + 1184, 6192)
+    assert s.root_params + 6192 + 532 + 2 * 2720 == s.params
+    assert plan.fsdp_gathered_bytes(s, "fp32") == (2832 + 2 * 6192) * 8
+    assert plan.fsdp_gathered_bytes(s, "bf16-mixed") == (2832 + 2 * 6192) * 10
     # Cache: 10 answers of 3 tokens in one shard; 2-digit ids.
     full = plan.cache_bytes(10, 3, 0, 74, 1)
     assert full == {"answers": 10 * 115 + 30 * (2 + 1 + 4) + 72, "scores": 10 * 110 + 72,
@@ -364,3 +371,27 @@ def test_plan_names_the_model_whose_config_json_is_missing(tmp_path):
     with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()):
         cli.main(["plan", "--world-size", "0"])
     assert exc.value.code == 2
+
+
+def test_micro_batches_size_the_activations_of_one_forward(qwen_dirs):
+    """training.micro_batch_groups: a forward holds that many groups' activations, not the
+    rank's whole share (4 groups at 2 ranks of batch_groups 8); the state is unchanged."""
+    whole = plan.make_plan(_qwen_config(qwen_dirs, "3B", "7B", "training.batch_groups=8"),
+                           world_size=2, gpu_memory_gib=80)
+    micro = plan.make_plan(_qwen_config(qwen_dirs, "3B", "7B", "training.batch_groups=8",
+                                        "training.micro_batch_groups=1"),
+                           world_size=2, gpu_memory_gib=80)
+    for a, b in zip(whole.train, micro.train, strict=True):
+        assert a.label == b.label
+        for k in ("activations", "activations_ckpt"):
+            assert b.parts[k] * 4 == a.parts[k]
+        assert {k: v for k, v in a.parts.items() if not k.startswith("activations")} == {
+            k: v for k, v in b.parts.items() if not k.startswith("activations")}
+    # The sharded rows also count what FSDP holds gathered: the root (embeddings, head,
+    # merger) and two blocks, 8 bytes per parameter in fp32.
+    shape = whole.shapes[0]
+    sharded = {r.label: r for r in whole.train}["fp32 sharded/2"]
+    assert sharded.parts["gathered"] == (shape.root_params + 2 * shape.largest_block) * 8
+    table = shape.vocab * QWEN["3B"][0]["hidden_size"]  # tied embedding / head, in the root
+    assert table < shape.root_params < 1.2 * table
+    assert "micro_batch_groups=1" in micro.render()
