@@ -404,8 +404,8 @@ class MastersTrainer:
             # A short last batch can leave a rank without a group; it still steps (share 0)
             # because DDP's gradient all-reduce needs every rank.
             most = -(-len(batch) // self.world)  # groups of the fullest rank
-            res = self.loss_step(mine or batch[:1], stage, share=share,
-                                 min_parts=-(-most // (self.cfg.micro_batch_groups or most)))
+            parts = -(-most // (self.cfg.micro_batch_groups or most)) if self.sharded else 1
+            res = self.loss_step(mine or batch[:1], stage, share=share, min_parts=parts)
             results.append(res)
             if self.log_metrics and distributed.is_main():
                 self.log_metrics({**{f"loss/{k}": v for k, v in res.terms.items()},

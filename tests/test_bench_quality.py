@@ -78,6 +78,21 @@ def test_markdown_and_targets_from_fake_results():
     assert "**missed**" in lines[4]  # 0.724 < 0.9
     assert "not tied (full Masters, mean over training steps and seeds): 85.0%" in lines[3]
     assert "**met**" in lines[3]
+    assert "goal: > 2 x the larger seed std 0.010" in lines[0]
+
+
+def test_r_max_target_needs_an_interior_optimum_beyond_the_seed_std():
+    def sweep(*means):
+        return {f"r_max = {x}": {"accuracy": [m - 0.01, m, m + 0.01]}
+                for x, m in zip((0, 0.1, 0.2, 0.3), means, strict=True)}
+
+    met = quality._r_max_target(sweep(0.70, 0.72, 0.75, 0.71))
+    assert "best mean at r_max = 0.2 (0.750, inside the sweep), +0.040 over the better end " \
+           "(r_max = 0.3; larger seed std 0.010)" in met[0] and "**met**" in met[0]
+    assert "**missed**" in quality._r_max_target(sweep(0.70, 0.72, 0.745, 0.74))[0]  # noise
+    edge = quality._r_max_target(sweep(0.76, 0.72, 0.74, 0.71))[0]
+    assert "at an end of the sweep" in edge and "**missed**" in edge
+    assert quality._r_max_target({}) == []
 
 
 def test_markdown_tabulates_and_draws_the_learning_curves(tmp_path):

@@ -72,10 +72,10 @@ def install(point: str) -> None:
 
         real_step = training.MastersTrainer.loss_step
 
-        def loss_step(self, groups, stage, share=1.0):
+        def loss_step(self, groups, stage, *args, **kwargs):
             if stage.index == 1 and nth(2):
                 pause(point)
-            return real_step(self, groups, stage, share)
+            return real_step(self, groups, stage, *args, **kwargs)
 
         training.MastersTrainer.loss_step = loss_step
     elif point == "register":  # the version created (the student logged); no alias set yet
