@@ -151,3 +151,9 @@ def test_sharding_auto_follows_the_accelerate_launcher(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert distributed.engine("auto") == "fsdp"
     assert distributed.engine("ddp") == "ddp"  # an explicit setting wins
+
+
+def test_fsdp_refuses_a_model_without_blocks_to_shard():
+    with pytest.raises(ValueError, match=r"training.sharding=fsdp: Linear names no "
+                                         r"_no_split_modules"):
+        distributed._fully_shard(torch.nn.Linear(2, 2), torch.device("cpu"))
