@@ -84,11 +84,18 @@ def wrap(model: torch.nn.Module, sharding: str = "ddp") -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
+def fsdp_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The submodules FSDP shards as units of their own: every module whose class the model
+    lists in `_no_split_modules` (masters plan counts the same units)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in list(model.modules())[1:] if type(m).__name__ in names]
+
+
 def _fully_shard(model: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = fsdp_blocks(model)
     if not blocks:
         raise ValueError(f"training.sharding=fsdp: {type(model).__name__} names no "
                          "_no_split_modules, so there are no blocks to shard")
@@ -96,9 +103,8 @@ def _fully_shard(model: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
     # in-place op on it would skip the backward all-gather; answer_logits only reads it.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view")
     mesh = init_device_mesh(dev.type, (world_size(),))
-    for module in list(model.modules())[1:]:
-        if type(module).__name__ in blocks:
-            fully_shard(module, mesh=mesh)
+    for module in blocks:
+        fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 

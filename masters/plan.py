@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from masters import generation, models
+from masters import distributed, generation, models
 from masters.config import MastersConfig, ModelRef
 from masters.masking import MaskScope
 
@@ -166,14 +166,12 @@ def read_shape(ref: ModelRef, role: str, name: str, scope: MaskScope,
 
 def _fsdp_units(model) -> tuple[int, int]:
     """(root unit, largest block) parameters as masters.distributed.wrap shards the model:
-    one unit per `_no_split_modules` block, the root holding the rest."""
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    one unit per `distributed.fsdp_blocks` block, the root holding the rest."""
     inside, largest = set(), 0
-    for module in model.modules():
-        if type(module).__name__ in blocks and module is not model:
-            own = [p for p in module.parameters() if id(p) not in inside]
-            inside.update(id(p) for p in own)
-            largest = max(largest, sum(p.numel() for p in own))
+    for module in distributed.fsdp_blocks(model):
+        own = [p for p in module.parameters() if id(p) not in inside]
+        inside.update(id(p) for p in own)
+        largest = max(largest, sum(p.numel() for p in own))
     root = sum(p.numel() for p in model.parameters() if id(p) not in inside)
     return root, largest
 
@@ -364,7 +362,8 @@ def make_plan(cfg: MastersConfig, *, world_size: int = 8, gpu_memory_gib: float 
     def prompt(s: Shape) -> int:
         return (image_tokens if image_tokens is not None else s.image_tokens) + text_tokens
 
-    rows_per_rank = math.ceil(tr.batch_groups / world_size) * group
+    groups_per_rank = math.ceil(tr.batch_groups / world_size)
+    rows_per_rank = groups_per_rank * group
     micro = tr.micro_batch_groups
 
     def forward_rows(groups_per_rank: int) -> int:
@@ -403,7 +402,7 @@ def make_plan(cfg: MastersConfig, *, world_size: int = 8, gpu_memory_gib: float 
         ddp = training_state_bytes(student.params, precision, ddp=world_size > 1)
         sharded = {k: v // world_size for k, v in state.items()}
         sharded["gathered"] = fsdp_gathered_bytes(student, precision)
-        rows = forward_rows(math.ceil(tr.batch_groups / world_size))
+        rows = forward_rows(groups_per_rank)
         for label, parts in ((f"DDP/{world_size}", ddp), (f"sharded/{world_size}", sharded)):
             off, on = act(rows, precision, False), act(rows, precision, True)
             parts.update({"activations": off, "activations_ckpt": on})
