@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import generation, gpu, masking, quality, topk, training
+from benchmarks import generation, gpu, gpu_qwen, masking, quality, topk, training
 
 SECTIONS = {"masking": masking, "generation": generation, "training": training,
-            "topk": topk, "quality": quality, "gpu": gpu}
+            "topk": topk, "quality": quality, "gpu": gpu, "gpu_qwen": gpu_qwen}
+TITLES = {"gpu": "GPU (bf16)", "gpu_qwen": "GPU: Qwen2.5-VL-3B student, 7B teacher (bf16)"}
 
 
 def machine() -> str:
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
             continue
         print(f"benchmark: {name} ...", flush=True)
         results[name] = SECTIONS[name].run(**({"quick": args.quick} if quick_ok else {}))
-        title = "GPU (bf16)" if name == "gpu" else name
+        title = TITLES.get(name, name)
         markdown = SECTIONS[name].markdown
         # a section that draws figures (quality's learning curves) puts them by the report
         figures = "out_dir" in inspect.signature(markdown).parameters

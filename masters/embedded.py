@@ -54,19 +54,24 @@ SHAPES: dict[str, ModelShape] = {
 }
 
 
-def build_tokenizer(named: dict[str, str] | None = None, extra: Sequence[str] = ()):
+def build_tokenizer(named: dict[str, str] | None = None, extra: Sequence[str] = (),
+                    size: int = 0):
     """Word-level tokenizer over the synthetic vocabulary, wrapped for transformers.
 
     `named` become `extra_special_tokens` (`tok.image_token`, ... as on the hub; default: the
     LLaVA image token); `extra` are further special tokens a processor looks up by string
-    (tests/families.py builds each real family's tokenizer this way)."""
+    (tests/families.py builds each real family's tokenizer this way). `size`: pad the word
+    list with filler words `w0`, `w1`, ... to `size` tokens in all, for a real model's
+    vocabulary width (Qwen2.5-VL's 151,665 in benchmarks.gpu_qwen)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     named = {"image_token": IMAGE} if named is None else named
     specials = list(dict.fromkeys([PAD, UNK, BOS, EOS, *named.values(), *extra]))
     words = ["user", "assistant", ":"] + synthetic.vocabulary()  # chat-template words first
-    vocab = {tok: i for i, tok in enumerate(specials + list(dict.fromkeys(words)))}
+    words = list(dict.fromkeys(words))
+    words += [f"w{i}" for i in range(size - len(specials) - len(words))]
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -3,6 +3,8 @@ report. (The numbers themselves only mean something on a CUDA device.)"""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from benchmarks import gpu
@@ -27,3 +29,49 @@ def test_gpu_section_says_not_measured_without_cuda(monkeypatch):
     r = gpu.run()
     assert r == {"measured": False}
     assert gpu.markdown(r) == "not measured (no CUDA device in this run)"
+
+
+def test_real_shape_benchmark_runs_every_step_small_and_writes_as_it_goes(tmp_path):
+    """benchmarks.gpu_qwen on the test-sized Qwen2.5-VL pair (CPU): each pipeline step ran on
+    the generated data and sits beside its plan estimate; the JSON on disk is the result."""
+    from benchmarks import gpu_qwen
+
+    sh = gpu_qwen.SHAPES["tiny"]
+    r = gpu_qwen.run(device="cpu", shapes="tiny", out=tmp_path)
+    assert json.loads((tmp_path / "gpu_qwen.json").read_text()) == json.loads(json.dumps(r))
+    assert not (tmp_path / "checkpoints").exists()  # 25 GB at the real shapes
+    answers = sh.questions * 8
+    g = r["generation"]
+    assert g["answers"] == answers and 0 < g["tokens"] <= answers * sh.max_new_tokens
+    assert g["answers_per_s"] == answers / g["s"]
+    assert r["forcing"]["answers"] == answers
+    assert r["masking"]["mask"]["ratios"] == [0.05, 0.1, 0.15, 0.2]
+    for key in ("plain", "checkpointing"):
+        assert r["training"][key]["steps"] == sh.steps
+        assert r["training"][key]["step_s_median"] > 0
+    assert r["plan"]["image_tokens"] == 4  # 56 px, patch 14, 2 x 2 merge
+    assert set(r["plan"]["train"]) >= {"fp32 DDP/1", "bf16-mixed DDP/1"}
+    plain, ckpt = r["plan"]["train"]["fp32 DDP/1"]
+    assert ckpt < plain
+    text = gpu_qwen.markdown(r)
+    assert text.count("\n| ") == 7  # header + 6 measured steps
+    assert "with gradient checkpointing" in text and "answers/s" in text
+
+
+def test_real_shape_benchmark_says_not_measured_without_cuda(monkeypatch):
+    from benchmarks import gpu_qwen
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = gpu_qwen.run()
+    assert r == {"measured": False}
+    assert gpu_qwen.markdown(r) == "not measured (no CUDA device in this run)"
+
+
+def test_tokenizer_padded_to_a_real_vocabulary_keeps_every_id():
+    from masters.embedded import build_tokenizer
+
+    small, big = build_tokenizer(), build_tokenizer(size=500)
+    assert len(big) == 500 and len(big.get_vocab()) == 500
+    assert all(big.convert_tokens_to_ids(t) == i for t, i in small.get_vocab().items())
+    text = "how many objects are there ?"
+    assert big(text)["input_ids"] == small(text)["input_ids"]

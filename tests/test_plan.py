@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.gpu_qwen import QWEN  # the published config.json shapes
 from flows import cli
 from masters import cache, generation, models, plan, scoring, synthetic, training
 from masters.config import (
@@ -34,34 +35,6 @@ from masters.masking import MaskScope
 from masters.schedule import Stage
 
 ROOT = Path(__file__).resolve().parents[1]
-
-QWEN_VISION = {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
-               "num_heads": 16, "in_chans": 3, "patch_size": 14, "spatial_merge_size": 2,
-               "spatial_patch_size": 14, "window_size": 112,
-               "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2,
-               "temporal_patch_size": 2}
-
-
-def qwen25_vl(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
-              vocab: int, tie: bool) -> dict:
-    return {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-            "hidden_act": "silu", "hidden_size": hidden, "intermediate_size": intermediate,
-            "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads, "vocab_size": vocab, "tie_word_embeddings": tie,
-            "max_position_embeddings": 128000, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-            "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151645,
-            "image_token_id": 151655, "video_token_id": 151656,
-            "vision_start_token_id": 151652, "vision_end_token_id": 151653,
-            "vision_config": {**QWEN_VISION, "out_hidden_size": hidden}}
-
-
-QWEN = {  # name: (config.json, published parameter count)
-    "3B": (qwen25_vl(2048, 11008, 36, 16, 2, 151936, True), 3.75e9),
-    "7B": (qwen25_vl(3584, 18944, 28, 28, 4, 152064, False), 8.29e9),
-    "32B": (qwen25_vl(5120, 27648, 64, 40, 8, 152064, False), 33.5e9),
-}
-
 
 @pytest.fixture(scope="module")
 def qwen_dirs(tmp_path_factory) -> dict[str, Path]:
