@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from benchmarks import gpu
+from benchmarks import gpu, gpu_qwen
 
 
 def test_gpu_section_runs_its_measurements_in_bf16_on_any_device():
@@ -24,18 +25,17 @@ def test_gpu_section_runs_its_measurements_in_bf16_on_any_device():
     assert "weights in bfloat16" in text and "masked / plain" in text
 
 
-def test_gpu_section_says_not_measured_without_cuda(monkeypatch):
+@pytest.mark.parametrize("section", [gpu, gpu_qwen], ids=["gpu", "gpu_qwen"])
+def test_gpu_sections_say_not_measured_without_cuda(monkeypatch, section):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    r = gpu.run()
+    r = section.run()
     assert r == {"measured": False}
-    assert gpu.markdown(r) == "not measured (no CUDA device in this run)"
+    assert section.markdown(r) == "not measured (no CUDA device in this run)"
 
 
 def test_real_shape_benchmark_runs_every_step_small_and_writes_as_it_goes(tmp_path):
     """benchmarks.gpu_qwen on the test-sized Qwen2.5-VL pair (CPU): each pipeline step ran on
     the generated data and sits beside its plan estimate; the JSON on disk is the result."""
-    from benchmarks import gpu_qwen
-
     sh = gpu_qwen.SHAPES["tiny"]
     r = gpu_qwen.run(device="cpu", shapes="tiny", out=tmp_path)
     assert json.loads((tmp_path / "gpu_qwen.json").read_text()) == json.loads(json.dumps(r))
@@ -56,15 +56,6 @@ def test_real_shape_benchmark_runs_every_step_small_and_writes_as_it_goes(tmp_pa
     text = gpu_qwen.markdown(r)
     assert text.count("\n| ") == 7  # header + 6 measured steps
     assert "with gradient checkpointing" in text and "answers/s" in text
-
-
-def test_real_shape_benchmark_says_not_measured_without_cuda(monkeypatch):
-    from benchmarks import gpu_qwen
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    r = gpu_qwen.run()
-    assert r == {"measured": False}
-    assert gpu_qwen.markdown(r) == "not measured (no CUDA device in this run)"
 
 
 def test_tokenizer_padded_to_a_real_vocabulary_keeps_every_id():
