@@ -217,15 +217,16 @@ def groups_of(rows: list[dict], records: list[dict], dists) -> list[training.Gro
 
 
 def run(device: str | None = None, shapes: str = "real", out: str | Path | None = None,
-        dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Every step in order; `out` gets gpu_qwen.json after each. `device` None: CUDA, else
-    nothing is measured (the tiny shapes take an explicit device)."""
+        dtype: torch.dtype = torch.bfloat16, work: str | Path | None = None) -> dict:
+    """Every step in order; `out` gets gpu_qwen.json after each; the checkpoints go to
+    `work` (default out/checkpoints). `device` None: CUDA, else nothing is measured (the tiny
+    shapes take an explicit device)."""
     if device is None and not torch.cuda.is_available():
         return {"measured": False}
     dev = torch.device(device or "cuda")
     sh = SHAPES[shapes]
     out = Path(out) if out else Path(".masters/bench/gpu_qwen")
-    work = out / "checkpoints"
+    work = Path(work) if work else out / "checkpoints"
     meter = Meter(dev)
     r: dict = {"measured": True, "shapes": shapes, "device": str(dev),
                "device_name": torch.cuda.get_device_name(dev) if meter.cuda else "cpu",
@@ -381,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=".masters/bench/gpu_qwen")
     ap.add_argument("--shapes", choices=sorted(SHAPES), default="real")
     ap.add_argument("--device", default=None, help="default: CUDA (the tiny shapes: any)")
+    ap.add_argument("--work", default=None, help="checkpoint folder (default OUT/checkpoints)")
     args = ap.parse_args(argv)
-    r = run(args.device, args.shapes, args.out)
+    r = run(args.device, args.shapes, args.out, work=args.work)
     md = markdown(r)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "gpu_qwen.md").write_text(md + "\n")
