@@ -26,7 +26,8 @@ from masters.schedule import Stage
 N_QUESTIONS = 64
 
 
-def _rows(n: int):
+def question_rows(n: int) -> list[dict]:
+    """The first n synthetic training questions as generation's rows (id, question, image)."""
     samples = [synthetic.make_sample(0, "train", i) for i in range(n)]
     return [{"id": s.id, "question": s.question, "image": s.image} for s in samples]
 
@@ -37,7 +38,7 @@ def throughput(repeats: int = 3, device: str = "cpu", dtype: torch.dtype = torch
     `repeats`, with the embedded large teacher masked at r = 0.2 on `device` in `dtype`."""
     teacher_model, teacher_proc = models.load("embedded:large", dtype=dtype, device=device)
     MaskedTeacher(teacher_model).set_ratio(0.2)
-    rows = _rows(n_questions)
+    rows = question_rows(n_questions)
     images = [r["image"] for r in rows]
     questions = [r["question"] for r in rows]
     out: dict = {"questions": n_questions}
@@ -77,7 +78,7 @@ def sync_device(device) -> None:
 def run(repeats: int = 3) -> dict:
     out = throughput(repeats)
     teacher_fp = models.fingerprint(models.load("embedded:large")[0])
-    rows = _rows(N_QUESTIONS)
+    rows = question_rows(N_QUESTIONS)
 
     # A stage of 64 questions in shards of 16: first run (load + generate + store) vs a
     # re-run (plan only: every shard found, so no model is loaded).

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import torch
 
-from masters import distributions, generation, models, plan, synthetic, training
+from benchmarks import generation as bench_generation
+from masters import distributions, generation, models, plan, training
 from masters.config import GenerationConfig, TrainingConfig, load_config
-from masters.embedded import build_tokenizer
 from masters.generation import LoadedModel
 from masters.masking import MaskedTeacher
 from masters.schedule import Stage
@@ -104,32 +104,23 @@ R_MAX = 0.2
 
 
 def processor(shapes: Shapes):
-    """Qwen2.5-VL's processor (patch 14, 2 x 2 merge) around the local word-level tokenizer."""
-    import transformers as hf
+    """Qwen2.5-VL's processor (patch 14, 2 x 2 merge) around the local word-level tokenizer,
+    every image resized to image_px x image_px (the family tests' builder)."""
+    from tests.families import qwen_processor
 
-    from tests.families import QWEN_IMAGE, chat_template  # the family tests' chat template
-
-    named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-             "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
-    pixels = {"shortest_edge": shapes.image_px**2, "longest_edge": shapes.image_px**2}
-    patching = dict(patch_size=14, merge_size=2, temporal_patch_size=2)
-    return hf.Qwen2_5_VLProcessor(
-        image_processor=hf.Qwen2VLImageProcessorPil(size=pixels, **patching),
-        tokenizer=build_tokenizer(named, size=shapes.tokens),
-        video_processor=hf.Qwen2VLVideoProcessor(size=pixels, **patching),
-        chat_template=chat_template(QWEN_IMAGE))
+    return qwen_processor("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor", patch=14,
+                          pixels=(shapes.image_px**2, shapes.image_px**2), tokens=shapes.tokens)
 
 
 def build_checkpoint(config: dict, proc, folder: Path, device, dtype, seed: int) -> Path:
     """Random-init model of `config` built on `device` in `dtype`, saved with `proc`."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    from tests.families import qwen_token_ids
+
     tok = proc.tokenizer
     config = {**config, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-              "pad_token_id": tok.pad_token_id, "image_token_id": tok.image_token_id,
-              "video_token_id": tok.video_token_id,
-              "vision_start_token_id": tok.vision_start_token_id,
-              "vision_end_token_id": tok.vision_end_token_id}
+              "pad_token_id": tok.pad_token_id, **qwen_token_ids(tok)}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
     torch.manual_seed(seed)
@@ -152,8 +143,7 @@ class Meter:
         self.device = device
 
     def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
+        bench_generation.sync_device(self.device)
 
     def start(self) -> float:
         self.sync()
@@ -176,14 +166,6 @@ def free() -> None:
         torch.cuda.empty_cache()
 
 
-def _rows(n: int) -> list[dict]:
-    out = []
-    for i in range(n):
-        s = synthetic.make_sample(0, "train", i)
-        out.append({"id": s.id, "image": s.image, "question": s.question})
-    return out
-
-
 def _prompt_tokens(proc, row: dict) -> tuple[int, int]:
     from masters import inputs
 
@@ -192,15 +174,16 @@ def _prompt_tokens(proc, row: dict) -> tuple[int, int]:
     return image, len(ids) - image
 
 
-def make_plan(shapes: Shapes, student: Path, teacher: Path, proc) -> plan.Plan:
+def make_plan(shapes: Shapes, student: Path, teacher: Path,
+              prompt: tuple[int, int]) -> plan.Plan:
+    """`masters plan` for this run's config at its prompt length: (image, text) tokens."""
     cfg = load_config(overrides=[
         f"student.path={student}", f"teachers=[{{name: large, path: '{teacher}', "
         f"r_max: {R_MAX}}}]", f"generation.batch_size={shapes.batch_size}",
         f"generation.max_new_tokens={shapes.max_new_tokens}",
         f"generation.teacher_top_k={shapes.top_k}", f"training.batch_groups={shapes.batch_groups}",
         f"training.micro_batch_groups={shapes.micro_batch_groups or 'null'}"])
-    image, text = _prompt_tokens(proc, _rows(1)[0])
-    return plan.make_plan(cfg, world_size=1, image_tokens=image, text_tokens=text)
+    return plan.make_plan(cfg, world_size=1, image_tokens=prompt[0], text_tokens=prompt[1])
 
 
 def groups_of(rows: list[dict], records: list[dict], dists) -> list[training.Group]:
@@ -243,9 +226,10 @@ def run(device: str | None = None, shapes: str = "real", out: str | Path | None 
     tdir = build_checkpoint(sh.teacher, proc, work / "teacher", dev, dtype, seed=1)
     free()
     r["build_s"] = time.perf_counter() - t0
-    p = make_plan(sh, sdir, tdir, proc)
-    r["plan"] = {"params": {s.role: s.params for s in p.shapes},
-                 "image_tokens": _prompt_tokens(proc, _rows(1)[0])[0],
+    rows = bench_generation.question_rows(sh.questions)
+    prompt = _prompt_tokens(proc, rows[0])
+    p = make_plan(sh, sdir, tdir, prompt)
+    r["plan"] = {"params": {s.role: s.params for s in p.shapes}, "image_tokens": prompt[0],
                  "prune": p.prune[0].total, "generate": p.generate[0].total,
                  "generate_parts": p.generate[0].parts,
                  "train": {row.label: [row.total, row.total_ckpt] for row in p.train}}
@@ -267,7 +251,6 @@ def run(device: str | None = None, shapes: str = "real", out: str | Path | None 
     student, sproc = models.load(sdir, dtype=dtype, device=dev)
     gcfg = GenerationConfig(batch_size=sh.batch_size, max_new_tokens=sh.max_new_tokens,
                             teacher_top_k=sh.top_k)
-    rows = _rows(sh.questions)
     t_m, s_m = LoadedModel(teacher, tproc), LoadedModel(student, sproc)
 
     def shard(part, t_m=t_m, s_m=s_m):

@@ -94,10 +94,11 @@ def chat_template(image: str, bos: str = BOS, images_first: bool = False) -> str
     )
 
 
-def tokenizer(named: dict[str, str], extra: list[str] = ()):
+def tokenizer(named: dict[str, str], extra: list[str] = (), size: int = 0):
     """The embedded word-level tokenizer with a family's special tokens (`named` become
-    `extra_special_tokens`, so `tok.image_token`, `tok.boi_token_id`... exist as on the hub)."""
-    return build_tokenizer(named, extra)
+    `extra_special_tokens`, so `tok.image_token`, `tok.boi_token_id`... exist as on the hub);
+    `size`: padded to that many tokens (`build_tokenizer`)."""
+    return build_tokenizer(named, extra, size)
 
 
 def text_kwargs(size: Size, tok) -> dict:
@@ -303,12 +304,15 @@ QWEN_PATCH = 8  # x 2x2 merge: one image token per 16x16 px; 48x32 -> 6 tokens, 
 MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}  # head 16
 
 
-def qwen_processor(processor_cls: str, video_cls: str):
-    """Qwen2-VL / 2.5-VL / 3-VL processors: native resolution, patch 8, 2x2 merge."""
+def qwen_processor(processor_cls: str, video_cls: str, patch: int = QWEN_PATCH,
+                   pixels: tuple[int, int] = (16 * 16, 64 * 64), tokens: int = 0):
+    """Qwen2-VL / 2.5-VL / 3-VL processors: native resolution, patch 8, 2x2 merge (the
+    published models' patch 14 and a fixed image size: benchmarks.gpu_qwen); `pixels`: the
+    (fewest, most) pixels of a resized image; `tokens`: the tokenizer's padded size."""
     import transformers as hf
 
-    pixels = {"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
-    patching = dict(patch_size=QWEN_PATCH, merge_size=2, temporal_patch_size=2)
+    pixels = {"shortest_edge": pixels[0], "longest_edge": pixels[1]}
+    patching = dict(patch_size=patch, merge_size=2, temporal_patch_size=2)
     named = {
         "image_token": "<|image_pad|>",
         "video_token": "<|video_pad|>",
@@ -317,7 +321,7 @@ def qwen_processor(processor_cls: str, video_cls: str):
     }
     return getattr(hf, processor_cls)(
         image_processor=hf.Qwen2VLImageProcessorPil(size=pixels, **patching),
-        tokenizer=tokenizer(named),
+        tokenizer=tokenizer(named, size=tokens),
         video_processor=getattr(hf, video_cls)(size=pixels, **patching),
         chat_template=chat_template(QWEN_IMAGE),
     )
